@@ -1,0 +1,6 @@
+"""Test-wide settings: JAX on the CPU with 8 simulated devices, f32 matmuls at full precision."""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
