@@ -1,0 +1,205 @@
+"""Model configuration: Hugging Face `config.json` for Qwen2/Qwen3 in, a hashable dataclass out.
+
+The dataclass is frozen so it can be a static argument of `jax.jit`. Runtime choices (compute dtype,
+remat policy, attention path) live beside the architecture so one object describes a compiled model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+REMAT_POLICIES = ("none", "full", "matmuls")
+ATTENTION_IMPLS = ("auto", "reference", "blockwise", "cudnn")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config.json that does not describe a model this package can run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: str  # "qwen2" | "qwen3"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768
+    # YaRN as sorted (key, value) pairs so the dataclass stays hashable; () means plain RoPE.
+    rope_scaling: tuple = ()
+    # Keys of the source config.json we do not interpret (token ids, torch_dtype, ...), kept for export.
+    hf_extra: tuple = ()
+    # Runtime choices, not part of the checkpoint.
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat: str = "full"
+    attention: str = "auto"
+    attention_block: int = 512  # blockwise attention tile (queries and keys)
+    blockwise_min_len: int = 2048  # "auto" switches to blockwise from this sequence length
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES.values():
+            raise ConfigError(f"unknown arch {self.arch!r}; expected one of {sorted(ARCHITECTURES.values())}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}")
+        for field, value, allowed in (("remat", self.remat, REMAT_POLICIES),
+                                      ("attention", self.attention, ATTENTION_IMPLS),
+                                      ("dtype", self.dtype, DTYPES), ("param_dtype", self.param_dtype, DTYPES)):
+            if value not in allowed:
+                raise ConfigError(f"{field}={value!r}; expected one of {allowed}")
+
+    @property
+    def attention_bias(self) -> bool:
+        return self.arch == "qwen2"
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.arch == "qwen3"
+
+    @property
+    def compute_dtype(self) -> np.dtype:
+        import jax.numpy as jnp
+        return jnp.dtype(self.dtype)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- Hugging Face config.json -------------------------------------------------------------
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **runtime) -> "ModelConfig":
+        archs = hf.get("architectures") or []
+        arch_name = archs[0] if archs else {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}.get(
+            hf.get("model_type", ""), "")
+        if arch_name not in ARCHITECTURES:
+            raise ConfigError(
+                f"{source}: architecture {arch_name or hf.get('model_type')!r} is not supported; "
+                f"coderl runs {sorted(ARCHITECTURES)}")
+
+        def need(key):
+            if key not in hf:
+                raise ConfigError(f"{source}: missing required field {key!r}")
+            return hf[key]
+
+        # transformers >= 5 writes RoPE settings as "rope_parameters" (rope_theta inside it).
+        rope = hf.get("rope_parameters") or {}
+        if not isinstance(rope, dict):
+            raise ConfigError(f"{source}: rope_parameters must be an object, got {type(rope).__name__}")
+        hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+        head_dim = hf.get("head_dim") or hidden // heads
+        known = {"architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
+                 "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
+                 "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "rope_scaling", "rope_parameters"}
+        extra = tuple(sorted((k, json.dumps(v)) for k, v in hf.items() if k not in known))
+        return cls(
+            arch=ARCHITECTURES[arch_name],
+            vocab_size=int(need("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(need("intermediate_size")),
+            num_layers=int(need("num_hidden_layers")),
+            num_heads=heads,
+            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+            head_dim=int(head_dim),
+            rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+            rope_scaling=_parse_rope_scaling(hf.get("rope_scaling") or rope, source),
+            hf_extra=extra,
+            **runtime,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path, **runtime) -> "ModelConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            hf = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return cls.from_hf_dict(hf, source=str(path), **runtime)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        hf = {k: json.loads(v) for k, v in self.hf_extra}
+        arch_name = {v: k for k, v in ARCHITECTURES.items()}[self.arch]
+        hf.update(
+            architectures=[arch_name],
+            model_type=self.arch,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            rope_theta=self.rope_theta,
+            rms_norm_eps=self.rms_norm_eps,
+            tie_word_embeddings=self.tie_word_embeddings,
+            max_position_embeddings=self.max_position_embeddings,
+            rope_scaling=dict(self.rope_scaling) if self.rope_scaling else None,
+            torch_dtype=self.param_dtype,
+            hidden_act="silu",
+        )
+        if self.arch == "qwen2":
+            hf.setdefault("use_sliding_window", False)
+        else:
+            hf.setdefault("attention_bias", False)
+        return hf
+
+    # ---- RoPE ---------------------------------------------------------------------------------
+    def rope_frequencies(self) -> tuple[np.ndarray, float]:
+        """Inverse frequencies [head_dim/2] and the attention factor that multiplies cos and sin."""
+        d, base = self.head_dim, self.rope_theta
+        inv_freq = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+        if not self.rope_scaling:
+            return inv_freq, 1.0
+        rs = dict(self.rope_scaling)
+        s, l0 = float(rs["factor"]), float(rs["original_max_position_embeddings"])
+        beta_fast, beta_slow = float(rs.get("beta_fast", 32.0)), float(rs.get("beta_slow", 1.0))
+
+        def corr(rotations):  # dimension index whose wavelength fits `rotations` turns in l0 tokens
+            return d * math.log(l0 / (2 * math.pi * rotations)) / (2 * math.log(base))
+
+        low = max(math.floor(corr(beta_fast)), 0)
+        high = min(math.ceil(corr(beta_slow)), d - 1)
+        if low == high:
+            high += 0.001  # avoid a zero-width ramp
+        ramp = np.clip((np.arange(d // 2) - low) / (high - low), 0.0, 1.0)
+        inv_freq = inv_freq / s * ramp + inv_freq * (1.0 - ramp)
+        mscale = rs.get("attention_factor") or (0.1 * math.log(s) + 1.0 if s > 1 else 1.0)
+        return inv_freq, float(mscale)
+
+
+def _parse_rope_scaling(rs: Any, source: str) -> tuple:
+    if not rs:
+        return ()
+    if not isinstance(rs, dict):
+        raise ConfigError(f"{source}: rope_scaling must be an object, got {type(rs).__name__}")
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind in (None, "default"):
+        return ()
+    if kind != "yarn":
+        raise ConfigError(f"{source}: rope_scaling type {kind!r} is not supported (only 'yarn')")
+    for key in ("factor", "original_max_position_embeddings"):
+        if key not in rs:
+            raise ConfigError(f"{source}: rope_scaling is missing {key!r}")
+    keep = {k: v for k, v in rs.items() if k not in ("type", "rope_theta")}
+    keep["rope_type"] = "yarn"
+    return tuple(sorted(keep.items()))

@@ -1,0 +1,64 @@
+"""Device mesh and the one table from logical axis names to mesh axes.
+
+The mesh has three axes, the ones the experiments need: data (replicas), fsdp (parameters and
+optimizer state sharded, batch split) and tensor (heads, MLP and vocab split).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from models.config import ModelConfig
+from models.weights import full_axes, full_shape, map_weights
+
+MESH_AXES = ("data", "fsdp", "tensor")
+LOGICAL_TO_MESH = {
+    "batch": ("data", "fsdp"),
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "layers": None,
+    "head_dim": None,
+    "norm": None,
+    None: None,
+}
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError("at most one mesh axis may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices do not split into mesh axes {sizes}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {len(devices)}")
+    return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
+
+
+def spec_for(axes: tuple, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """PartitionSpec for logical `axes`; a dimension the mesh axis does not divide stays replicated."""
+    parts = []
+    for name, size in zip(axes, shape):
+        mesh_axes = LOGICAL_TO_MESH[name]
+        group = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
+        group = tuple(a for a in group if mesh.shape[a] > 1)
+        n = int(np.prod([mesh.shape[a] for a in group])) if group else 1
+        parts.append(None if not group or size % n else (group[0] if len(group) == 1 else group))
+    return P(*parts)
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
+    return map_weights(cfg, lambda w: NamedSharding(mesh, spec_for(full_axes(w), full_shape(w, cfg), mesh)))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Shard the leading (batch) axis over data and fsdp; the rest replicated."""
+    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))

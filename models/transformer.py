@@ -1,0 +1,95 @@
+"""The Qwen2/Qwen3 decoder as pure functions over the params pytree (see models/weights.py).
+
+Layers are stacked and run under `jax.lax.scan`, so compile time does not grow with depth, and each
+layer is rematerialised according to `cfg.remat`.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from models.attention import attention
+from models.config import ModelConfig
+from models.layers import apply_rope, rms_norm, rope_tables, swiglu_mlp
+
+REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep weight matmul outputs, recompute attention scores and elementwise work.
+    "matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def default_positions(attention_mask_BT: jax.Array) -> jax.Array:
+    """RoPE positions that start at 0 on the first real token of each (left-padded) row."""
+    return jnp.maximum(jnp.cumsum(attention_mask_BT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+
+
+def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache_kv):
+    layer = jax.tree.map(lambda w: w.astype(cfg.dtype), layer)
+    h_BTD = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
+    q_BTNH = jnp.einsum("BTD,DNH->BTNH", h_BTD, layer["q"])
+    k_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, layer["k"])
+    v_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, layer["v"])
+    if cfg.attention_bias:
+        q_BTNH, k_BTKH, v_BTKH = q_BTNH + layer["q_bias"], k_BTKH + layer["k_bias"], v_BTKH + layer["v_bias"]
+    if cfg.qk_norm:
+        q_BTNH = rms_norm(q_BTNH, layer["q_norm"], cfg.rms_norm_eps)
+        k_BTKH = rms_norm(k_BTKH, layer["k_norm"], cfg.rms_norm_eps)
+    q_BTNH, k_BTKH = apply_rope(q_BTNH, cos, sin), apply_rope(k_BTKH, cos, sin)
+    if cache_kv is None:
+        k_BSKH, v_BSKH = k_BTKH, v_BTKH
+    else:
+        k_BSKH = jax.lax.dynamic_update_slice_in_dim(cache_kv["k"], k_BTKH, q_offset, axis=1)
+        v_BSKH = jax.lax.dynamic_update_slice_in_dim(cache_kv["v"], v_BTKH, q_offset, axis=1)
+        cache_kv = {"k": k_BSKH, "v": v_BSKH}
+    attn_BTNH = attention(cfg, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)
+    x_BTD = x_BTD + jnp.einsum("BTNH,NHD->BTD", attn_BTNH, layer["o"])
+    h_BTD = rms_norm(x_BTD, layer["mlp_norm"], cfg.rms_norm_eps)
+    x_BTD = x_BTD + swiglu_mlp(h_BTD, layer["gate"], layer["up"], layer["down"])
+    return x_BTD, cache_kv
+
+
+def hidden_states(params, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, cache=None, q_offset=0):
+    """Final-normed hidden states [B, T, D], and the updated cache when one is given.
+
+    Without a cache the keys are this call's tokens and kv_valid is their attention mask. With a cache
+    [L, B, S, K, H] the new keys are written at slots q_offset.. and kv_valid covers all S slots.
+    """
+    x_BTD = params["embed"].astype(cfg.dtype)[tokens_BT]
+    cos, sin = rope_tables(cfg, positions_BT)
+
+    def step(x_BTD, xs):
+        layer, cache_kv = xs
+        return _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache_kv)
+
+    if cfg.remat != "none":
+        step = jax.checkpoint(step, policy=REMAT[cfg.remat], prevent_cse=False)
+    x_BTD, new_cache = jax.lax.scan(step, x_BTD, (params["layers"], cache))
+    return rms_norm(x_BTD, params["final_norm"], cfg.rms_norm_eps), new_cache
+
+
+def unembedding(params, cfg: ModelConfig) -> jax.Array:
+    """The [V, D] output matrix: the embedding itself when tied."""
+    return (params["embed"] if cfg.tie_word_embeddings else params["lm_head"]).astype(cfg.dtype)
+
+
+def _inputs(tokens, attention_mask, positions):
+    tokens = jnp.asarray(tokens, jnp.int32)
+    mask = jnp.ones(tokens.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+    positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
+    return tokens, mask, positions
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def forward(params, config: ModelConfig, tokens, attention_mask=None, positions=None) -> jax.Array:
+    """Logits [B, T, V] in float32 for int32 tokens [B, T]; attention_mask is 1 on real tokens."""
+    tokens, mask, positions = _inputs(tokens, attention_mask, positions)
+    h_BTD, _ = hidden_states(params, config, tokens, mask, positions)
+    return jnp.einsum("BTD,VD->BTV", h_BTD, unembedding(params, config), preferred_element_type=jnp.float32)

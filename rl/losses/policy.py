@@ -1,0 +1,105 @@
+"""policy_loss: one entry point for every registered objective, with the options they share."""
+import jax
+import jax.numpy as jnp
+
+from rl.losses.overlong import apply_overlong_filter
+from rl.losses.registry import get_objective
+
+
+def _masked_mean(x_bt, mask):
+    return jnp.where(mask, x_bt, 0.0).sum() / jnp.maximum(mask.sum(), 1)
+
+
+def _masked_max(nonneg_bt, mask):
+    return jnp.where(mask, nonneg_bt, 0.0).max()
+
+
+def loss_normalizers(mask, truncated=None, overlong="zero_advantage"):
+    """Local counts to sum over micro-batches and data-parallel shards, then pass to policy_loss.
+
+    Returns {"token_normalizer": valid tokens, "sequence_normalizer": sequences with a valid token},
+    counted after overlong filtering (mode "mask" removes truncated rows from both).
+    """
+    mask = jnp.asarray(mask, bool)
+    if truncated is not None:
+        _, mask = apply_overlong_filter(jnp.zeros(mask.shape[:1]), mask, truncated, overlong)
+    tokens_b = mask.sum(axis=-1)
+    return {"token_normalizer": tokens_b.sum(), "sequence_normalizer": (tokens_b > 0).sum()}
+
+
+def policy_loss(objective, logp, old_logp, advantages, mask, *, kl_coef=0.0, ref_logp=None,
+                truncated=None, overlong="zero_advantage", rollout_logp=None, tis_cap=2.0,
+                token_normalizer=None, sequence_normalizer=None, entropy=None, **hyperparams):
+    """Loss (scalar) and metrics (dict of scalars) of a registered objective.
+
+    logp [B, T] is differentiated; old_logp, ref_logp, rollout_logp [B, T] and advantages ([B] or
+    [B, T]) are constants. mask [B, T] marks response tokens; any value at padded positions, NaN and
+    inf included, is ignored. hyperparams override the objective's defaults (eps_low, eps_high).
+    See docs/objectives.md for every option.
+    """
+    spec = get_objective(objective)
+    unknown = set(hyperparams) - set(spec.defaults)
+    if unknown:
+        raise TypeError(f"{objective!r} got unknown options {sorted(unknown)}; "
+                        f"its hyperparameters: {sorted(spec.defaults)}")
+    if ref_logp is None and not (isinstance(kl_coef, (int, float)) and kl_coef == 0):
+        raise ValueError("kl_coef needs ref_logp")
+
+    mask = jnp.asarray(mask, bool)
+    has_tokens_b = mask.any(axis=-1)
+    advantages = jnp.asarray(advantages)
+    if advantages.ndim == mask.ndim - 1:
+        advantages = advantages[:, None]
+    if truncated is not None:
+        advantages, mask = apply_overlong_filter(advantages, mask, truncated, overlong)
+
+    # Zero every input at padding before any arithmetic: jnp.where stops garbage there reaching the
+    # loss and, unlike multiplying by the mask, its gradient (0 * inf is NaN).
+    def valid(x_bt):
+        return jnp.where(mask, x_bt, 0.0)
+
+    def constant(x_bt):
+        return jax.lax.stop_gradient(valid(x_bt))
+
+    logp = valid(logp)
+    old_logp = constant(old_logp)
+    advantages = constant(jnp.broadcast_to(advantages, mask.shape))
+    terms = spec.surrogate(logp, old_logp, advantages, mask, **{**spec.defaults, **hyperparams})
+    loss_bt = terms.loss
+
+    log_ratio_bt = logp - old_logp
+    metrics = {
+        "clip_frac_low": _masked_mean(terms.clipped_low, mask),
+        "clip_frac_high": _masked_mean(terms.clipped_high, mask),
+        "ratio_mean": _masked_mean(terms.ratio, mask),
+        "ratio_max": _masked_max(terms.ratio, mask),
+        "approx_kl": _masked_mean(jnp.expm1(log_ratio_bt) - log_ratio_bt, mask),
+        "tokens": mask.sum(),
+        "overlong_frac": (jnp.zeros(()) if truncated is None else
+                          (has_tokens_b & jnp.asarray(truncated, bool)).sum()
+                          / jnp.maximum(has_tokens_b.sum(), 1)),
+    }
+    if ref_logp is not None:
+        ref_minus_logp_bt = constant(ref_logp) - logp
+        kl_bt = jnp.expm1(ref_minus_logp_bt) - ref_minus_logp_bt  # k3: unbiased and >= 0
+        loss_bt = loss_bt + kl_coef * kl_bt
+        metrics["kl_ref"] = _masked_mean(kl_bt, mask)
+    if rollout_logp is not None:
+        gap_bt = old_logp - constant(rollout_logp)
+        metrics["mismatch_mean"] = _masked_mean(jnp.abs(gap_bt), mask)
+        metrics["mismatch_max"] = _masked_max(jnp.abs(gap_bt), mask)
+        if tis_cap is not None:
+            # Truncated importance sampling: rollouts came from the inference engine, not pi_old.
+            loss_bt = loss_bt * jnp.minimum(jnp.exp(gap_bt), tis_cap)
+            metrics["tis_capped_frac"] = _masked_mean(gap_bt > jnp.log(tis_cap), mask)
+    if entropy is not None:
+        metrics["entropy"] = _masked_mean(entropy, mask)
+
+    local = loss_normalizers(mask)
+    if token_normalizer is None:
+        token_normalizer = jnp.maximum(local["token_normalizer"], 1)
+    if sequence_normalizer is None:
+        sequence_normalizer = jnp.maximum(local["sequence_normalizer"], 1)
+    loss = spec.aggregate(loss_bt, mask, token_normalizer=token_normalizer,
+                          sequence_normalizer=sequence_normalizer)
+    return loss, metrics

@@ -1,0 +1,40 @@
+"""Name -> objective registry, so an experiment file picks its objective with one string."""
+import dataclasses
+from typing import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A registered policy objective.
+
+    surrogate(logp, old_logp, advantages, mask, **hyperparams) -> Surrogate (per-token terms [B, T]);
+    aggregate(loss_bt, mask, *, token_normalizer, sequence_normalizer) -> scalar loss;
+    defaults: the objective's hyperparameters and their default values (e.g. eps_low, eps_high).
+    """
+
+    name: str
+    surrogate: Callable
+    aggregate: Callable
+    defaults: dict
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register(name, *, aggregate, **defaults):
+    """Decorator registering a surrogate function under `name` with its aggregation and defaults."""
+
+    def decorator(surrogate):
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} is already registered")
+        OBJECTIVES[name] = Objective(name, surrogate, aggregate, dict(defaults))
+        return surrogate
+
+    return decorator
+
+
+def get_objective(name):
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise KeyError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}") from None
