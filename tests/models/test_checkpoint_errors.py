@@ -1,0 +1,90 @@
+"""Bad checkpoints fail with one clear error naming the file and the tensor, never a garbage model."""
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import models
+from models.config import ConfigError
+from models.hf_io import CheckpointError
+
+
+def test_missing_config(tmp_path):
+    with pytest.raises(ConfigError, match="config.json"):
+        models.load_hf(tmp_path)
+
+
+def test_not_a_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        models.load_hf(tmp_path / "nope")
+
+
+def test_unknown_architecture_is_named(hf_model):
+    folder, _ = hf_model("qwen3_tied")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="LlamaForCausalLM"):
+        models.load_hf(folder)
+
+
+def test_malformed_config_json(hf_model):
+    folder, _ = hf_model("qwen3_tied")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        models.load_hf(folder)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    with pytest.raises(ConfigError, match="vocab_size|hidden_size"):
+        models.load_hf(folder)
+
+
+def test_missing_safetensors(hf_model):
+    folder, _ = hf_model("qwen3_tied")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        models.load_hf(folder)
+
+
+def test_missing_tensor_is_named(hf_model):
+    folder, _ = hf_model("qwen3_tied")
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["model.layers.1.self_attn.k_norm.weight"]
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.self_attn\.k_norm\.weight"):
+        models.load_hf(folder)
+
+
+def test_unexpected_tensor_is_named(hf_model):
+    folder, _ = hf_model("qwen3_tied")
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(64, np.float32)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*q_proj\.bias"):
+        models.load_hf(folder)
+
+
+def test_shape_mismatch_names_file_and_tensor(hf_model):
+    folder, _ = hf_model("qwen2_tied")
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.mlp.up_proj.weight"] = np.zeros((95, 64), np.float32)
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*up_proj\.weight.*\(95, 64\)"):
+        models.load_hf(folder)
+
+
+def test_truncated_safetensors(hf_model):
+    folder, _ = hf_model("qwen2_tied")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        models.load_hf(folder)
+
+
+def test_index_pointing_at_missing_shard(hf_model, tmp_path):
+    folder, _ = hf_model("qwen3_tied")
+    cfg, params = models.load_hf(folder)
+    out = models.save_hf(tmp_path / "sharded", cfg, params, max_shard_bytes=20_000)
+    next(iter(sorted(out.glob("model-*.safetensors")))).unlink()
+    with pytest.raises(CheckpointError, match="model-00001-of"):
+        models.load_hf(out)
