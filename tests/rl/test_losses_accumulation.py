@@ -17,13 +17,10 @@ def float64():
 
 
 def loss_fn(objective, batch, **options):
-    constants = {k: batch[k] for k in ("old_logp", "ref_logp", "rollout_logp")}
-
     def loss(logp):
-        return policy_loss(objective, logp, constants["old_logp"], batch["advantages"], batch["mask"],
-                           kl_coef=0.05, ref_logp=constants["ref_logp"],
-                           rollout_logp=constants["rollout_logp"], truncated=batch["truncated"],
-                           **options)[0]
+        return policy_loss(objective, logp, batch["old_logp"], batch["advantages"], batch["mask"],
+                           kl_coef=0.05, ref_logp=batch["ref_logp"], rollout_logp=batch["rollout_logp"],
+                           truncated=batch["truncated"], **options)[0]
     return jax.value_and_grad(loss)
 
 
