@@ -13,7 +13,7 @@ def _grouped(rewards, group_size):
 def groups_with_signal(rewards, group_size):
     """[..., N] rewards in consecutive groups -> bool [..., N // group_size]: not all rewards equal.
 
-    DAPO's dynamic sampling keeps only these groups; an all-equal group has zero advantage everywhere.
+    DAPO's dynamic sampling keeps only these groups: an all-equal group has zero advantage.
     """
     rewards_ng = _grouped(rewards, group_size)
     return jnp.any(rewards_ng != rewards_ng[..., :1], axis=-1)
@@ -27,7 +27,8 @@ def compute_advantages(rewards, group_size, *, normalize_std=True, ddof=1, eps=1
     """
     rewards_ng = _grouped(rewards, group_size)
     centered_ng = rewards_ng - rewards_ng.mean(axis=-1, keepdims=True)
-    if normalize_std and group_size > 1:  # a size-1 group has no ddof=1 std; its advantage is 0 anyway
+    # A size-1 group has no ddof=1 std (0/0); its advantage is 0 anyway.
+    if normalize_std and group_size > 1:
         centered_ng = centered_ng / (rewards_ng.std(axis=-1, ddof=ddof, keepdims=True) + eps)
     # Exact zeros for all-equal groups: the float mean of equal rewards can miss them by an ulp.
     signal_ng = groups_with_signal(rewards, group_size)[..., None]

@@ -1,7 +1,8 @@
 """The policy objectives: a per-token surrogate plus an aggregation, registered by name.
 
-Each surrogate returns per-token terms [B, T]; padded positions hold finite values (policy_loss zeroes
-the inputs there) and the aggregations select valid tokens with jnp.where, so padding never leaks.
+Each surrogate returns per-token terms [B, T]; padded positions hold finite values (policy_loss
+zeroes the inputs there) and the aggregations select valid tokens with jnp.where, so padding never
+leaks.
 """
 import dataclasses
 from typing import NamedTuple

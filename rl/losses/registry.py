@@ -7,7 +7,7 @@ from typing import Callable
 class Objective:
     """A registered policy objective.
 
-    surrogate(logp, old_logp, advantages, mask, **hyperparams) -> Surrogate (per-token terms [B, T]);
+    surrogate(logp, old_logp, advantages, mask, **hyperparams) -> Surrogate, per-token terms [B, T];
     aggregate(loss_bt, mask, *, token_normalizer, sequence_normalizer) -> scalar loss;
     defaults: the objective's hyperparameters and their default values (e.g. eps_low, eps_high).
     """
@@ -37,4 +37,5 @@ def get_objective(name):
     try:
         return OBJECTIVES[name]
     except KeyError:
-        raise KeyError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}") from None
+        known = ", ".join(sorted(OBJECTIVES))
+        raise KeyError(f"unknown objective {name!r}; known: {known}") from None

@@ -25,15 +25,16 @@ def random_batch(seed, batch=6, length=7, *, noise=0.3, empty_rows=0, garbage=No
     }
     if garbage is not None:
         junk = {"nan": np.nan, "inf": np.inf, "big": 1e30}[garbage]
+        signs = np.random.default_rng(seed + 1).choice([-1.0, 1.0], (batch, length))
         for name in arrays:
-            arrays[name] = np.where(mask, arrays[name], junk * rng.choice([-1.0, 1.0], (batch, length)))
+            arrays[name] = np.where(mask, arrays[name], junk * signs)
     arrays["advantages"] = rng.normal(size=batch)
     arrays["mask"] = mask
     return arrays
 
 
 def token_weights(objective, mask):
-    """Per-token aggregation weight [B, T]: 1/(G |y_i|) for sequence means, 1/(sum |y|) for token means."""
+    """Per-token aggregation weight [B, T]: 1/(G |y_i|) (sequence mean) or 1/sum|y| (token mean)."""
     tokens_b = mask.sum(axis=1, keepdims=True)
     if objective in SEQUENCE_MEAN:
         weights = 1.0 / ((tokens_b > 0).sum() * np.maximum(tokens_b, 1))

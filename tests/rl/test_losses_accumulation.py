@@ -7,7 +7,7 @@ import pytest
 from losses_batches import OBJECTIVE_NAMES, random_batch
 from rl.losses import loss_normalizers, policy_loss
 
-SPLITS = (0, 3, 4, 9)  # uneven micro-batches [0:3], [3:4], [4:9]
+SPLITS = (0, 2, 3, 6)  # uneven micro-batches [0:2], [2:3], [3:6]
 
 
 @pytest.fixture(autouse=True)
@@ -19,8 +19,9 @@ def float64():
 def loss_fn(objective, batch, **options):
     def loss(logp):
         return policy_loss(objective, logp, batch["old_logp"], batch["advantages"], batch["mask"],
-                           kl_coef=0.05, ref_logp=batch["ref_logp"], rollout_logp=batch["rollout_logp"],
-                           truncated=batch["truncated"], **options)[0]
+                           kl_coef=0.05, ref_logp=batch["ref_logp"],
+                           rollout_logp=batch["rollout_logp"], truncated=batch["truncated"],
+                           **options)[0]
     return jax.value_and_grad(loss)
 
 
@@ -36,15 +37,16 @@ def accumulate(objective, batch, **options):
 
 @pytest.fixture
 def batch():
-    batch = random_batch(0, batch=SPLITS[-1], length=8, empty_rows=1, garbage="nan")
-    batch["truncated"] = np.arange(SPLITS[-1]) % 4 == 1
+    batch = random_batch(0, batch=SPLITS[-1], empty_rows=1, garbage="nan")
+    batch["truncated"] = np.arange(SPLITS[-1]) % 3 == 1  # rows 1 and 4
     return batch
 
 
 @pytest.mark.parametrize("overlong", ["zero_advantage", "mask"])
 @pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
 def test_micro_batches_match_whole_batch(objective, overlong, batch):
-    whole_loss, whole_grad = loss_fn(objective, batch, overlong=overlong)(jnp.asarray(batch["logp"]))
+    logp = jnp.asarray(batch["logp"])
+    whole_loss, whole_grad = loss_fn(objective, batch, overlong=overlong)(logp)
     normalizers = loss_normalizers(batch["mask"], batch["truncated"], overlong)
     loss, grad = accumulate(objective, batch, overlong=overlong, **normalizers)
     assert float(loss) == pytest.approx(float(whole_loss), rel=1e-12)
@@ -60,7 +62,8 @@ def test_local_normalizers_do_not_accumulate(batch):
 
 def test_normalizers_add_up_over_micro_batches(batch):
     for overlong in ("zero_advantage", "mask"):
-        parts = [loss_normalizers(m["mask"], m["truncated"], overlong) for m in micro_batches(batch)]
+        parts = [loss_normalizers(micro["mask"], micro["truncated"], overlong)
+                 for micro in micro_batches(batch)]
         whole = loss_normalizers(batch["mask"], batch["truncated"], overlong)
         for key, value in whole.items():
             assert sum(int(p[key]) for p in parts) == int(value)

@@ -23,15 +23,16 @@ def clipped(ratio, advantage, objective):
 
 def grad_logp(objective, batch):
     def loss(logp):
-        return policy_loss(objective, logp, batch["old_logp"], batch["advantages"], batch["mask"])[0]
+        return policy_loss(objective, logp, batch["old_logp"], batch["advantages"],
+                           batch["mask"])[0]
     return np.asarray(jax.grad(loss)(jnp.asarray(batch["logp"])))
 
 
 @pytest.mark.parametrize("objective", ["grpo", "dapo"])
 @pytest.mark.parametrize("seed", range(3))
 def test_token_objectives(objective, seed):
-    """d loss / d logp_t = -r_t A_i w_t (w = 1/N for DAPO, 1/(G |y_i|) for GRPO); 0 where clipped."""
-    batch = random_batch(seed, batch=8, length=9, noise=0.3, garbage="nan")
+    """d loss / d logp_t = -r_t A_i w_t, w = 1/N (DAPO) or 1/(G |y_i|) (GRPO); 0 where clipped."""
+    batch = random_batch(seed, noise=0.3, garbage="nan")
     mask, advantages_b1 = batch["mask"], batch["advantages"][:, None]
     ratio = np.exp(np.where(mask, batch["logp"] - batch["old_logp"], 0.0))
     is_clipped = clipped(ratio, advantages_b1, objective) & mask
@@ -45,7 +46,7 @@ def test_token_objectives(objective, seed):
 def test_sequence_objectives(objective, seed):
     """GSPO: every token of y_i weighs -s_i A_i / (G |y_i|); GSPO+: -s_i A_i / sum_j |y_j|, the same
     weight for all tokens of the batch. Clipped sequences get no gradient."""
-    batch = random_batch(seed, batch=12, length=6, noise=1e-3, garbage="big")
+    batch = random_batch(seed, noise=1e-3, garbage="big")
     mask, advantages_b1 = batch["mask"], batch["advantages"][:, None]
     lengths_b1 = mask.sum(axis=1, keepdims=True)
     s_b1 = np.exp(np.where(mask, batch["logp"] - batch["old_logp"], 0.0).sum(1, keepdims=True)
@@ -68,7 +69,8 @@ def test_clipping_is_one_sided(objective):
     # Row 0: A > 0 and ratio 0.61, below every band; row 1: A < 0 and ratio 1.65, above it.
     logp = old + np.array([[-0.5], [0.5]])
     advantages = np.array([1.0, -1.0])
-    grad = jax.grad(lambda lp: policy_loss(objective, lp, old, advantages, mask)[0])(jnp.asarray(logp))
+    grad = jax.grad(lambda lp: policy_loss(objective, lp, old, advantages, mask)[0])(
+        jnp.asarray(logp))
     ratio = np.exp(logp - old)
     expected = -ratio * advantages[:, None] * token_weights(objective, mask)
     np.testing.assert_allclose(grad, expected, rtol=1e-10)

@@ -61,7 +61,8 @@ REWARDS = np.array([1.0, -1.0, -1.0, -1.0])
 
 
 def test_advantages_ddof1_default():
-    np.testing.assert_allclose(compute_advantages(REWARDS, 4), [1.499999, -0.5, -0.5, -0.5], atol=1e-6)
+    np.testing.assert_allclose(compute_advantages(REWARDS, 4), [1.499999, -0.5, -0.5, -0.5],
+                               atol=1e-6)
 
 
 def test_advantages_ddof0():
