@@ -50,6 +50,7 @@ def build_bpf() -> bytes:
     f = sc.SyscallFilter(sc.KILL_PROCESS)
     f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
     f.set_attr(sc.Attr.CTL_NNP, 1)
+    f.set_attr(sc.Attr.CTL_OPTIMIZE, 2)  # binary search over syscall numbers: a shorter run per call
     for name in ALLOWED:
         f.add_rule(sc.ALLOW, name)
     for name in DENIED:

@@ -1,0 +1,96 @@
+"""Grade one solution on one zygote: run order, early stop, verdicts, comparison."""
+from __future__ import annotations
+
+import errno
+import json
+import signal
+from dataclasses import dataclass
+
+from .compare import FLOAT_TOLERANCE, return_matches, stdout_matches
+from .problem import Problem, Test
+from .results import GradeResult, TestResult, Verdict
+
+OUTPUT_CAP = 64 << 20  # bytes of stdout (or of a call's JSON result) per test
+MAX_THREADS = 64
+ZYGOTE_GRACE = 10.0  # seconds a zygote may take beyond the time limit before it counts as hung
+
+
+class WorkerCrashed(RuntimeError):
+    """The zygote died or hung; the job can be re-run on a fresh one."""
+
+
+@dataclass(frozen=True)
+class Options:
+    all_tests: bool = False  # False: stop at the first failing test (rewards)
+    time_limit: float | None = None  # None: the problem's
+    memory_mb: int | None = None  # None: the problem's
+    float_tolerance: bool = False  # compare numbers with FLOAT_TOLERANCE instead of exactly
+    output_cap: int = OUTPUT_CAP
+
+
+def run_order(problem: Problem) -> list[int]:
+    """Hardest first, taking the longest input as the hardest, so early stop fails fast."""
+    return sorted(range(len(problem.tests)), key=lambda i: -len(problem.tests[i].input))
+
+
+def grade_on(worker, problem: Problem, code: str, opts: Options) -> GradeResult:
+    """worker.send(op, **payload) / worker.recv(timeout) talk to a zygote and raise WorkerCrashed."""
+    time_limit = opts.time_limit or problem.time_limit
+    memory = (opts.memory_mb or problem.memory_mb) << 20
+    n = len(problem.tests)
+    worker.send("load", code=code, fn_name=problem.fn_name)
+    loaded = worker.recv(time_limit + ZYGOTE_GRACE)
+    if "syntax_error" in loaded:
+        return GradeResult(Verdict.SYNTAX_ERROR, [], n, loaded["syntax_error"])
+    order = run_order(problem)
+    worker.send("run", inputs=[problem.tests[i].input for i in order], time_limit=time_limit,
+                memory_bytes=memory, output_cap=opts.output_cap, max_threads=MAX_THREADS)
+    results, stopped = [], False
+    while not (run := worker.recv(time_limit + ZYGOTE_GRACE)).get("done"):
+        if stopped:
+            continue  # finished before the stop arrived: early stop ignores it
+        i = order[run["index"]]
+        verdict = judge(run, problem.tests[i], problem.call_based, time_limit, memory, opts)
+        results.append(TestResult(i, verdict, round(run["wall"], 6), round(run["cpu"], 6),
+                                  run["exit"], run["stderr"].decode("utf-8", "replace")[-1000:]))
+        if verdict is not Verdict.ACCEPTED and not opts.all_tests:
+            worker.send("stop")
+            stopped = True
+    failed = next((r.verdict for r in results if r.verdict is not Verdict.ACCEPTED), None)
+    return GradeResult(failed or Verdict.ACCEPTED, results, n)
+
+
+def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: int,
+          opts: Options) -> Verdict:
+    """Verdict of one test from what the zygote observed; only here do expected outputs appear."""
+    if not run["ready"]:
+        return Verdict.SANDBOX_ERROR
+    try:
+        status = json.loads(run["status"]) if run["status"] else {}
+        if not isinstance(status, dict):
+            status = {}
+    except ValueError:
+        status = {}
+    code = run["exit"]
+    if run["timed_out"] or code == -signal.SIGXCPU or (code == -signal.SIGKILL and run["cpu"] >= time_limit):
+        return Verdict.TIME_LIMIT
+    # CPython ignores SIGXFSZ, so a flood usually ends as EFBIG with a capture file at the cap.
+    if code == -signal.SIGXFSZ or max(run["stdout_size"], run["stderr_size"], run["status_size"]) >= opts.output_cap:
+        return Verdict.OUTPUT_LIMIT
+    error = status.get("error")
+    near_limit = run["maxrss"] >= 0.9 * memory
+    if error == "MemoryError" or status.get("errno") == errno.ENOMEM or (
+            code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT, -signal.SIGKILL) and near_limit):
+        return Verdict.MEMORY_LIMIT
+    if code != 0 or error:
+        return Verdict.RUNTIME_ERROR
+    if call_based:
+        if "unserializable" in status:
+            return Verdict.WRONG_ANSWER  # a set or an object never equals a JSON value
+        if "value" not in status:  # e.g. os._exit(0) inside the function
+            return Verdict.RUNTIME_ERROR
+        ok = return_matches(status["value"], test.output, test.unwrap)
+    else:
+        tolerance = FLOAT_TOLERANCE if opts.float_tolerance else None
+        ok = stdout_matches(run["stdout"].decode("utf-8", "replace"), test.output, tolerance)
+    return Verdict.ACCEPTED if ok else Verdict.WRONG_ANSWER

@@ -1,0 +1,144 @@
+"""A pool of zygotes that grades (problem, code) pairs in parallel, from threads or asyncio."""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import ipc
+from .grader import Options, WorkerCrashed, grade_on
+from .problem import Problem
+from .results import GradeResult, Verdict
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+# The zygote's whole environment: nothing of the grading process (tokens, keys) reaches it.
+_ZYGOTE_ENV = {
+    "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": _PACKAGE_PARENT,
+    "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+}
+START_TIMEOUT = 120.0
+
+
+class Worker:
+    """One zygote process, restarted on demand."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+
+    def start(self) -> None:
+        self.stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-X", "utf8", "-m", "sandbox.zygote"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=_ZYGOTE_ENV, cwd="/", close_fds=True)
+        try:
+            self.info = ipc.recv(self.proc.stdout.fileno(), START_TIMEOUT)
+        except (EOFError, TimeoutError, OSError, pickle.UnpicklingError) as e:
+            self.stop()
+            raise WorkerCrashed(f"zygote failed to start: {e}") from e
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # its children die with it (parent-death signal)
+            self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+            self.proc = None
+
+    def send(self, op: str, **payload) -> None:
+        if self.proc is None:
+            self.start()
+        try:
+            ipc.send(self.proc.stdin.fileno(), (op, payload))
+        except OSError as e:
+            self.stop()
+            raise WorkerCrashed(f"zygote lost during {op}: {e!r}") from e
+
+    def recv(self, timeout: float) -> dict:
+        try:
+            return ipc.recv(self.proc.stdout.fileno(), timeout)
+        except (EOFError, TimeoutError, OSError, pickle.UnpicklingError) as e:
+            self.stop()
+            raise WorkerCrashed(f"zygote lost: {e!r}") from e
+
+
+class SandboxPool:
+    """`workers` zygotes (default: one per core). grade() is thread-safe; grade_async() awaits it
+    on the pool's own threads; grade_many() grades a batch in parallel."""
+
+    def __init__(self, workers: int | None = None, **defaults):
+        self.size = workers or os.cpu_count() or 1
+        self.defaults = Options(**defaults)
+        self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()
+        self._workers = [Worker() for _ in range(self.size)]
+        try:
+            with ThreadPoolExecutor(self.size) as starter:  # start them side by side
+                list(starter.map(Worker.start, self._workers))
+        except WorkerCrashed:
+            for w in self._workers:
+                w.stop()
+            raise
+        for w in self._workers:
+            self._idle.put(w)
+        self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="sandbox")
+
+    def grade(self, problem: Problem | dict, code: str, **options) -> GradeResult:
+        """Options (see grader.Options): all_tests, time_limit, memory_mb, float_tolerance."""
+        if not isinstance(problem, Problem):
+            problem = Problem.from_dict(problem)
+        opts = Options(**{**self.defaults.__dict__, **options})
+        worker = self._idle.get()
+        try:
+            error = None
+            for _ in range(2):  # a crashed or hung zygote is replaced and the job re-run once
+                try:
+                    return grade_on(worker, problem, code, opts)
+                except WorkerCrashed as e:
+                    error = e
+                except BaseException:
+                    worker.stop()  # unread replies would reach the next job: start afresh
+                    raise
+            return GradeResult(Verdict.SANDBOX_ERROR, [], len(problem.tests), str(error))
+        finally:
+            self._idle.put(worker)
+
+    def grade_many(self, pairs, **options) -> list[GradeResult]:
+        return list(self._executor.map(lambda pc: self.grade(*pc, **options), pairs))
+
+    async def grade_async(self, problem: Problem | dict, code: str, **options) -> GradeResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self.grade, problem, code, **options))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        for w in self._workers:
+            w.stop()
+
+    def __enter__(self) -> "SandboxPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_default: SandboxPool | None = None
+_default_lock = threading.Lock()
+
+
+def grade(problem: Problem | dict, code: str, **options) -> GradeResult:
+    """Grade with a process-wide pool, started on first use and closed at exit."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = SandboxPool()
+            atexit.register(_default.close)
+    return _default.grade(problem, code, **options)

@@ -1,0 +1,163 @@
+"""Problems and their tests, loaded from the LiveCodeBench/DeepCoder and TACO shapes.
+
+Expected outputs stay in the grading process: a Test holds them, a child never receives a Test.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TIME_LIMIT = 15.0
+DEFAULT_MEMORY_MB = 4096
+
+
+class ProblemError(ValueError):
+    """A malformed problem; the message names the offending field."""
+
+
+def loads_json(text: str) -> Any:
+    """json.loads without Python 3.11's 4300-digit int limit: huge ints become exact Decimals."""
+    return json.loads(text, parse_int=lambda s: int(s) if len(s) < 4000 else Decimal(s))
+
+
+@dataclass(frozen=True)
+class Test:
+    """One test. stdin tests: `input` is the program's stdin, `output` the expected stdout.
+
+    Call-based tests: `input` holds one JSON value per line (the arguments), `output` the JSON
+    text of the expected return value. `unwrap` allows TACO's habit of wrapping the expected
+    return value in a one-element list.
+    """
+
+    input: str
+    output: str
+    unwrap: bool = False
+
+
+@dataclass(frozen=True)
+class Problem:
+    tests: tuple[Test, ...]
+    fn_name: str | None = None  # set: call-based tests
+    starter_code: str = ""
+    time_limit: float = DEFAULT_TIME_LIMIT  # seconds of wall clock, per test
+    memory_mb: int = DEFAULT_MEMORY_MB
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def call_based(self) -> bool:
+        return self.fn_name is not None
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "Problem":
+        """Build from a dataset row or problem file: `tests` (list, TACO object, or JSON text of
+        either), optional `fn_name` / `metadata.func_name`, `starter_code`, `time_limit`,
+        `memory_mb`."""
+        if not isinstance(row, dict):
+            raise ProblemError(f"problem: expected a JSON object, got {type(row).__name__}")
+        if "tests" not in row:
+            raise ProblemError("tests: missing")
+        metadata = _decoded(row.get("metadata") or {}, "metadata")
+        if not isinstance(metadata, dict):
+            raise ProblemError("metadata: expected an object")
+        fn_name = row.get("fn_name") or metadata.get("func_name")
+        tests_raw = _decoded(row["tests"], "tests")
+        if isinstance(tests_raw, dict):
+            fn_name = fn_name or tests_raw.get("fn_name")
+        if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
+            raise ProblemError(f"fn_name: not a Python identifier: {fn_name!r}")
+        tests = (_taco_tests if isinstance(tests_raw, dict) else _lcb_tests)(tests_raw, fn_name)
+        if not tests:
+            raise ProblemError("tests: empty")
+        starter = row.get("starter_code") or ""
+        if not isinstance(starter, str):
+            raise ProblemError("starter_code: expected a string")
+        time_limit = row.get("time_limit", DEFAULT_TIME_LIMIT)
+        memory_mb = row.get("memory_mb", DEFAULT_MEMORY_MB)
+        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or time_limit <= 0:
+            raise ProblemError("time_limit: expected a positive number of seconds")
+        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 64:
+            raise ProblemError("memory_mb: expected an integer >= 64")
+        return cls(tuple(tests), fn_name, starter, float(time_limit), memory_mb, metadata)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Problem":
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ProblemError(f"problem file {path}: {e}") from None
+        return cls.from_dict(_decoded(text, f"problem file {path}"))
+
+
+def call_args(text: str, name: str = "input") -> list:
+    """The arguments of a call-based test: one JSON value per non-blank line."""
+    return [_decoded(line, name) for line in text.split("\n") if line.strip()]
+
+
+def _decoded(value: Any, name: str) -> Any:
+    """DeepCoder rows carry `tests` and `metadata` as JSON text; decode those."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return loads_json(value)
+    except ValueError as e:
+        raise ProblemError(f"{name}: undecodable JSON ({e})") from None
+
+
+def _lcb_tests(raw: Any, fn_name: str | None) -> list[Test]:
+    if not isinstance(raw, list):
+        raise ProblemError(f"tests: expected a list or an object with inputs/outputs, got {type(raw).__name__}")
+    tests = []
+    for i, t in enumerate(raw):
+        where = f"tests[{i}]"
+        if not isinstance(t, dict):
+            raise ProblemError(f"{where}: expected an object with input/output")
+        for key in ("input", "output"):
+            if not isinstance(t.get(key), str):
+                raise ProblemError(f"{where}.{key}: expected a string")
+        kind = t.get("testtype", "functional" if fn_name else "stdin")
+        if kind not in ("stdin", "functional"):
+            raise ProblemError(f"{where}.testtype: expected 'stdin' or 'functional', got {kind!r}")
+        if kind == "functional":
+            if fn_name is None:
+                raise ProblemError(f"fn_name: missing, but {where} is a functional test")
+            call_args(t["input"], f"{where}.input")
+            _decoded(t["output"], f"{where}.output")
+        elif fn_name is not None:
+            raise ProblemError(f"{where}.testtype: 'stdin' test in a call-based problem (fn_name set)")
+        tests.append(Test(t["input"], t["output"]))
+    return tests
+
+
+def _taco_tests(raw: dict, fn_name: str | None) -> list[Test]:
+    inputs, outputs = raw.get("inputs"), raw.get("outputs")
+    if not isinstance(inputs, list):
+        raise ProblemError("tests.inputs: expected a list")
+    if not isinstance(outputs, list):
+        raise ProblemError("tests.outputs: expected a list")
+    if len(inputs) != len(outputs):
+        raise ProblemError(f"tests.outputs: {len(outputs)} outputs for {len(inputs)} inputs")
+    tests = []
+    for i, (inp, out) in enumerate(zip(inputs, outputs)):
+        if fn_name is None:  # stdin; TACO sometimes stores text as a list of lines
+            tests.append(Test(_text(inp, f"tests.inputs[{i}]"), _text(out, f"tests.outputs[{i}]")))
+            continue
+        # TACO call-based inputs are already the argument list, not JSON text lines.
+        if not isinstance(inp, list):
+            raise ProblemError(f"tests.inputs[{i}]: expected the list of call arguments")
+        try:
+            args = "\n".join(json.dumps(a) for a in inp)
+            tests.append(Test(args, json.dumps(out), unwrap=True))
+        except (TypeError, ValueError) as e:
+            raise ProblemError(f"tests.inputs[{i}]: not JSON-encodable ({e})") from None
+    return tests
+
+
+def _text(value: Any, name: str) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    if not isinstance(value, str):
+        raise ProblemError(f"{name}: expected a string")
+    return value

@@ -1,0 +1,271 @@
+"""The warm zygote: one per pool slot. It pre-imports what solutions may import (after the uid
+drop and chroot, nothing can be imported from disk), builds the seccomp filter once, compiles each
+solution once, and forks one locked-down child per test.
+
+It never sees expected outputs: it returns the child's raw stdout / return value and the grading
+process compares. Run as `python -m sandbox.zygote`; it speaks ipc frames on fds 0 (requests)
+and 1 (replies).
+"""
+from __future__ import annotations
+
+import atexit
+import builtins
+import ctypes
+import gc
+import importlib
+import linecache
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import types
+
+from . import ipc, seccomp_filter
+from .child import Job, prepare_zygote, run
+
+STACK_BYTES = 1 << 30  # main-thread stack room for deep recursion; reserved at exec time
+TMPFS_BYTES = 64 << 20  # disk budget of one test's private directory
+STDERR_TAIL = 2000
+UID_BASE = 100_000  # slot uid = UID_BASE + zygote pid: unique among live zygotes
+
+# Importable by solutions. Lazily imported helpers (_strptime, encodings) are listed explicitly.
+PRELOAD = """
+abc argparse array ast atexit base64 bisect binascii builtins calendar cmath codecs collections
+collections.abc contextlib copy csv ctypes dataclasses datetime decimal difflib dis enum errno
+fractions functools gc graphlib hashlib heapq hmac inspect io itertools json keyword locale math
+mmap numbers operator os pprint queue random re reprlib resource secrets select signal socket
+statistics string struct subprocess sys textwrap threading time timeit tokenize traceback types
+typing unicodedata uuid warnings weakref zlib _strptime encodings.ascii encodings.latin_1
+encodings.utf_16 encodings.utf_32 encodings.cp1252 numpy numpy.linalg numpy.fft numpy.random
+numpy.polynomial sortedcontainers
+""".split()
+
+# LiveCodeBench runs every solution after `from M import *` for these modules, then
+# `from builtins import *` and `from typing import *`, and also imports the modules by name.
+PRELUDE_STAR = """string re datetime collections heapq bisect copy math random statistics itertools
+functools operator io sys json builtins typing""".split()
+
+
+def _isolate() -> dict:
+    """Private mount and network namespaces, with a size-limited tmpfs on /tmp for test dirs."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    new_ns, new_net, new_user = 0x00020000, 0x40000000, 0x10000000
+    info = {"root": os.geteuid() == 0, "namespaces": False, "chroot": False}
+    uid, gid = os.getuid(), os.getgid()
+    flags = new_ns | new_net | (0 if info["root"] else new_user)
+    if libc.unshare(flags) != 0:
+        return info
+    if not info["root"]:  # be root inside our own user namespace: enough for mount and chroot
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    ms_nosuid, ms_nodev, ms_noexec, ms_rec, ms_private = 2, 4, 8, 0x4000, 0x40000
+    if libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
+        return info
+    opts = f"size={TMPFS_BYTES},mode=0711".encode()
+    if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", ms_nosuid | ms_nodev | ms_noexec, opts) != 0:
+        return info
+    info["namespaces"] = info["chroot"] = True
+    return info
+
+
+def _preload() -> dict:
+    """Import PRELOAD; return the modules solutions run in, with LiveCodeBench's prelude."""
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    prelude = {}
+    for name in PRELUDE_STAR:
+        module = sys.modules[name]
+        exported = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        prelude.update({n: getattr(module, n) for n in exported if hasattr(module, n)})
+        prelude[name] = module
+    modules = {}
+    for name in ("__main__", "solution"):
+        modules[name] = types.ModuleType(name)
+        modules[name].__dict__.update(prelude)
+        modules[name].__dict__.update(__name__=name, __builtins__=builtins)
+    return modules
+
+
+class Zygote:
+    def __init__(self, requests: int, replies: int):
+        self.requests, self.replies = requests, replies
+        self.isolation = _isolate()
+        sys.set_int_max_str_digits(0)  # 5000-digit answers; also lets compile() take big literals
+        self.modules = _preload()
+        prepare_zygote(self.modules)
+        os.environ.clear()  # children inherit an empty environment
+        self.bpf = seccomp_filter.build_bpf()
+        self.uid = UID_BASE + os.getpid() if self.isolation["root"] else None
+        self.base = "/tmp" if self.isolation["chroot"] else tempfile.mkdtemp(prefix="coderl-sbx-")
+        if not self.isolation["chroot"]:
+            os.chmod(self.base, 0o711)
+        self.code = None
+        self.fn_name = None
+        self.counter = 0
+        atexit._clear()  # children run atexit handlers of the solution only
+        gc.freeze()  # children then do not touch (and copy) the pre-imported objects' pages
+
+    def serve(self) -> None:
+        ipc.send(self.replies, {"pid": os.getpid(), "uid": self.uid, **self.isolation})
+        while True:
+            try:
+                op, payload = ipc.recv(self.requests)
+            except EOFError:
+                return
+            if op != "stop":  # a stop that raced the end of a run has nothing left to stop
+                getattr(self, "op_" + op)(**payload)
+
+    def _stop_requested(self, block: bool) -> bool:
+        """Read a pending request, which can only be "stop"; exit if the grader is gone."""
+        if not block and not select.select([self.requests], [], [], 0)[0]:
+            return False
+        try:
+            op, _ = ipc.recv(self.requests)
+        except EOFError:
+            os._exit(1)
+        return op == "stop"
+
+    def op_load(self, code: str, fn_name: str | None) -> None:
+        self.code = None
+        self.fn_name = fn_name
+        # Tracebacks in the child cannot read solution.py from disk: give them the source.
+        linecache.cache["solution.py"] = (len(code), None, code.splitlines(True), "solution.py")
+        try:
+            self.code = compile(code, "solution.py", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
+            ipc.send(self.replies, {"syntax_error": f"{type(e).__name__}: {e}"})
+            return
+        ipc.send(self.replies, {"ok": True})
+
+    def op_run(self, inputs: list[str], **limits) -> None:
+        """Run the tests in order, sending each result as soon as it is known, so the grader
+        judges test k while test k+1 runs. A "stop" from the grader (first failure) ends the
+        run, killing a test already started; then {"done": True}."""
+        for index, stdin in enumerate(inputs):
+            if self._stop_requested(block=False):
+                break
+            result = self._run_one(stdin, **limits)
+            if result is None:  # stopped while it ran
+                break
+            ipc.send(self.replies, {"index": index, **result})
+        ipc.send(self.replies, {"done": True})
+
+    def _run_one(self, stdin: str, time_limit: float, memory_bytes: int, output_cap: int,
+                 max_threads: int) -> dict | None:
+        self.counter += 1
+        root = os.path.join(self.base, f"t{self.counter}")
+        os.mkdir(root, 0o700)
+        if self.uid is not None:
+            os.chown(root, self.uid, self.uid)
+        call = self.fn_name is not None
+        fds = [os.memfd_create(name) for name in ("stdin", "stdout", "stderr", "status")]
+        if not call:
+            os.write(fds[0], stdin.encode("utf-8", "surrogateescape"))
+            os.lseek(fds[0], 0, os.SEEK_SET)
+        ready_r, ready_w = os.pipe()
+        job = Job(self.code, self.fn_name, stdin if call else "", time_limit, memory_bytes,
+                  output_cap, max_threads, self.uid, root, self.isolation["chroot"], os.getpid(),
+                  self.bpf, self.modules)
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            run(job, (*fds, ready_w))
+        try:
+            os.setpgid(pid, pid)  # as the child does: the group exists whichever runs first
+        except OSError:
+            pass  # the child already exited or set it
+        os.close(ready_w)
+        try:
+            outcome = self._wait(pid, start + time_limit)
+            wall = time.monotonic() - start
+            _, status, usage = os.wait4(pid, 0)
+            if outcome == "stopped":
+                return None
+            ready = os.read(ready_r, 1) == b"R"
+            return {
+                "exit": os.waitstatus_to_exitcode(status),
+                "timed_out": outcome == "timed_out",
+                "wall": wall,
+                "cpu": usage.ru_utime + usage.ru_stime,
+                "maxrss": usage.ru_maxrss * 1024,
+                "ready": ready,
+                **_collect(fds[1], "stdout", output_cap),
+                **_collect(fds[2], "stderr", STDERR_TAIL),
+                **_collect(fds[3], "status", output_cap),
+            }
+        finally:
+            for fd in (*fds, ready_r):
+                os.close(fd)
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _wait(self, pid: int, deadline: float) -> str:
+        """Wait for the child until the wall-clock deadline, then kill its whole group.
+        Returns "exited", "timed_out" or "stopped" (the grader asked; or it is gone: exit)."""
+        pidfd = os.pidfd_open(pid)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(self.requests, select.POLLIN | select.POLLHUP)
+        outcome = "exited"
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    outcome = "timed_out"
+                    break
+                events = dict(poller.poll(left * 1000 + 1))
+                if pidfd in events:
+                    break
+                if self.requests in events:
+                    _kill(pid)  # before a possible exit below
+                    if self._stop_requested(block=True):
+                        outcome = "stopped"
+                        break
+        finally:
+            _kill(pid)
+            os.close(pidfd)
+        return outcome
+
+
+def _kill(pid: int) -> None:
+    """Kill the child and its process group. Until we reap it, neither id can be recycled."""
+    for kill in (os.kill, os.killpg):
+        try:
+            kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _collect(fd: int, name: str, keep: int) -> dict:
+    """Size of a capture file and its contents: whole up to `keep` bytes (stderr: the tail)."""
+    size = os.fstat(fd).st_size
+    os.lseek(fd, max(0, size - keep) if name == "stderr" else 0, os.SEEK_SET)
+    return {name: os.read(fd, min(size, keep)) if size else b"", name + "_size": size}
+
+
+def main() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = STACK_BYTES if hard == resource.RLIM_INFINITY else min(hard, STACK_BYTES)
+    if soft != want and os.environ.get("CODERL_ZYGOTE_STACK") != "1":
+        # The main thread's stack room is fixed when a program is exec'd: re-exec once.
+        resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+        os.environ["CODERL_ZYGOTE_STACK"] = "1"
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    requests, replies = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    Zygote(requests, replies).serve()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Grading fidelity with LiveCodeBench's rules, problem loading, code extraction and the CLI."""
+import decimal
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sandbox import Problem, ProblemError, Verdict, extract_code
+from sandbox.compare import return_matches, stdout_matches
+from sandbox.grader import run_order
+from sandbox_helpers import call_problem, stdin_problem
+
+A, W = Verdict.ACCEPTED, Verdict.WRONG_ANSWER
+
+# (what the program writes, expected output, LiveCodeBench's verdict)
+STDOUT_TABLE = [
+    ("3  \n\n\n", "3", A),  # trailing whitespace and blank lines
+    ("  3\r\n", "3\n", A),  # leading spaces, CRLF
+    ("1 2\n\n3", "1 2\n3", W),  # an inner blank line is a line
+    ("1.0", "1", A),
+    ("1e3", "1000", A),
+    ("-0", "0", A),
+    ("1  2.50", "1 2.5", A),  # numbers token by token
+    ("0.333333", "0.3333333333", W),  # no tolerance by default
+    ("YES", "yes", W),  # case-sensitive
+    ("a  b", "a b", W),  # non-numbers compare as whole lines
+    ("1 2", "1 2 3", W),
+    ("1" + "0" * 5000, "1" + "0" * 5000, A),  # big integers
+]
+
+
+@pytest.mark.parametrize("printed,expected,verdict", STDOUT_TABLE)
+def test_stdout_fidelity(pool, printed, expected, verdict):
+    code = f"import sys\nsys.stdout.write({printed!r})\n"
+    assert pool.grade(stdin_problem([("", expected)]), code).verdict is verdict
+
+
+def test_float_tolerance_mode():
+    assert not stdout_matches("0.333333", "0.3333333333")
+    assert stdout_matches("0.333333", "0.3333333333", tolerance=1e-4)
+    assert not stdout_matches("0.33", "0.3333333333", tolerance=1e-4)
+    assert stdout_matches("100000.01", "100000.0", tolerance=1e-4)  # relative above 1
+
+
+def test_float_tolerance_through_pool(pool):
+    problem = stdin_problem([("", "0.3333333333")])
+    assert pool.grade(problem, "print(0.333333)").verdict is W
+    assert pool.grade(problem, "print(0.333333)", float_tolerance=True).verdict is A
+
+
+def _exact_power(base: int, exp: int) -> str:
+    with decimal.localcontext() as ctx:  # str(int) would hit the 4300-digit limit here
+        ctx.prec = 20_000
+        return str(decimal.Decimal(base) ** exp)
+
+
+BIG = _exact_power(3, 10000)
+
+# (module-level code defining f, expected JSON, verdict)
+CALL_TABLE = [
+    ("def f(a, b): return (a, b)", "[1, 2]", A),  # a tuple result becomes a list
+    ("def f(a, b): return [a, b]", "[1,2]", A),
+    ("def f(a, b): return float(a)", "1", A),  # 1.0 == 1
+    ("def f(a, b): return str(a)", "1", W),
+    ("def f(a, b): return a == 1", "1", A),  # True == 1, as in Python and LiveCodeBench
+    ("def f(a, b): return None", "null", A),
+    ("def f(a, b): return {a, b}", "[1, 2]", W),  # a set is never a JSON value
+    ("def f(a, b): return 3 ** 10000", BIG, A),  # 4772 digits: past 3.11's int->str limit
+    ("def f(a, b): return 3 ** 10000 + 1", BIG, W),
+    ("class Solution:\n    def f(self, a: List[int], b): return a + b", "3", A),  # List from the prelude
+]
+
+
+@pytest.mark.parametrize("code,expected,verdict", CALL_TABLE)
+def test_call_fidelity(pool, code, expected, verdict):
+    problem = call_problem("f", [("1\n2", expected)])
+    assert pool.grade(problem, code).verdict is verdict
+
+
+def test_class_solution_wins_over_module_function(pool):
+    code = "def f(a, b): return 0\nclass Solution:\n    def f(self, a, b): return a + b\n"
+    assert pool.grade(call_problem("f", [("1\n2", "3")]), code).verdict is A
+
+
+def test_missing_function_is_a_runtime_error(pool):
+    assert pool.grade(call_problem("f", [("1\n2", "3")]), "def g(a, b): return 3").verdict \
+        is Verdict.RUNTIME_ERROR
+
+
+@pytest.mark.parametrize("code", ["print(3)\nexit()", "import sys\nprint(3)\nsys.exit(0)",
+                                  "print(3)\nquit()", "import os, sys\nprint(3, flush=True)\nos._exit(0)",
+                                  "import sys\nprint(3)\nsys.stdout.close()"])
+def test_exit_after_printing(pool, code):
+    assert pool.grade(stdin_problem([("", "3")]), code).verdict is A
+
+
+@pytest.mark.parametrize("code", ["print(3)\nexit(1)", "print(3)\nexit('bye')", "print(3)\nraise ValueError"])
+def test_failing_exit_is_a_runtime_error(pool, code):
+    assert pool.grade(stdin_problem([("", "3")]), code).verdict is Verdict.RUNTIME_ERROR
+
+
+@pytest.mark.parametrize("code", [
+    "import sys\nprint(sum(int(x) for line in sys.stdin for x in line.split()))",  # fails in LCB
+    "print(sum(map(int, open(0).read().split())))",  # reads nothing in LCB
+    "import sys\nprint(sum(map(int, sys.stdin.buffer.read().split())))",
+    "def main():\n    print(sum(map(int, input().split())))\nif __name__ == '__main__':\n    main()",
+    "print(sum(map(int, stdin.readline().split())))",  # `from sys import *` of the prelude
+])
+def test_stdin_styles(pool, code):
+    assert pool.grade(stdin_problem([("1 2\n", "3"), ("40 2\n", "42")]), code).verdict is A
+
+
+def test_syntax_error_is_a_verdict(pool):
+    result = pool.grade(stdin_problem([("", "3")]), "def f(:\n  pass")
+    assert result.verdict is Verdict.SYNTAX_ERROR and result.tests == [] and "SyntaxError" in result.message
+
+
+def test_early_stop_runs_longest_input_first(pool):
+    tests = [(f"{i}\n" + " " * i, str(i)) for i in range(8)]
+    problem = stdin_problem(tests)
+    assert run_order(problem) == list(range(7, -1, -1))
+    wrong = "x = int(input())\nprint(x if x < 3 else -1)"
+    early = pool.grade(problem, wrong)
+    assert early.verdict is W and len(early.tests) == 1 and early.tests[0].index == 7
+    full = pool.grade(problem, wrong, all_tests=True)
+    assert [t.index for t in full.tests] == list(range(7, -1, -1))
+    assert [t.verdict for t in full.tests] == [W] * 5 + [A] * 3 and full.verdict is W
+    good = pool.grade(problem, "print(int(input()))")
+    assert good.passed and len(good.tests) == 8 and good.num_tests == 8
+    assert all(t.time > 0 and t.cpu_time >= 0 for t in good.tests)
+
+
+def test_stderr_excerpt(pool):
+    result = pool.grade(stdin_problem([("", "1")]), "import sys\nsys.stderr.write('x' * 5000 + 'the end')\nprint(2)")
+    assert result.verdict is W and result.tests[0].stderr.endswith("the end") and len(result.tests[0].stderr) <= 1000
+
+
+# ---- problem loading ----
+
+def test_loads_deepcoder_row_with_json_strings():
+    row = {"problem": "...", "starter_code": "class Solution:\n    def add(self, a, b):\n",
+           "tests": json.dumps([{"input": "1\n2", "output": "3", "testtype": "functional"}]),
+           "metadata": json.dumps({"func_name": "add"})}
+    p = Problem.from_dict(row)
+    assert p.fn_name == "add" and p.call_based and p.tests[0].input == "1\n2" and p.starter_code
+
+
+def test_taco_call_based_problems_grade(pool):
+    # TACO inputs are argument lists (not JSON text); outputs are often wrapped in a list.
+    taco = {"inputs": [[[1, 2, 3], 2], [[5], 1]], "outputs": [[5], 5], "fn_name": "tail_sum"}
+    p = Problem.from_dict({"tests": json.dumps(taco)})
+    assert p.fn_name == "tail_sum" and p.tests[0].input == "[1, 2, 3]\n2"
+    assert pool.grade(p, "def tail_sum(xs, k):\n    return sum(xs[-k:])", all_tests=True).passed
+    assert pool.grade(p, "def tail_sum(xs, k):\n    return sum(xs)").verdict is W
+
+
+def test_taco_stdin_with_line_lists(pool):
+    p = Problem.from_dict({"tests": {"inputs": [["1", "2"]], "outputs": [["3"]]}})
+    assert p.tests[0].input == "1\n2" and not p.call_based
+    assert pool.grade(p, "print(int(input()) + int(input()))").passed
+
+
+def test_return_matches_unwrap_only_for_taco():
+    assert return_matches("5", "[5]", unwrap=True)
+    assert not return_matches("5", "[5]")
+
+
+@pytest.mark.parametrize("row,field", [
+    ({}, "tests"),
+    ({"tests": "[{"}, "tests"),
+    ({"tests": 7}, "tests"),
+    ({"tests": []}, "tests"),
+    ({"tests": [{"input": 1, "output": "2"}]}, "tests[0].input"),
+    ({"tests": [{"input": "1", "output": "2", "testtype": "weird"}]}, "tests[0].testtype"),
+    ({"tests": [{"input": "1", "output": "2", "testtype": "functional"}]}, "fn_name"),
+    ({"tests": [{"input": "[1,", "output": "2", "testtype": "functional"}], "fn_name": "f"}, "tests[0].input"),
+    ({"tests": {"inputs": [1], "outputs": []}}, "tests.outputs"),
+    ({"tests": {"inputs": "x", "outputs": []}}, "tests.inputs"),
+    ({"tests": {"inputs": [1], "outputs": [2], "fn_name": "f"}}, "tests.inputs[0]"),
+    ({"tests": [{"input": "", "output": ""}], "metadata": "{oops"}, "metadata"),
+    ({"tests": [{"input": "", "output": ""}], "fn_name": "not valid"}, "fn_name"),
+    ({"tests": [{"input": "", "output": ""}], "time_limit": -1}, "time_limit"),
+    ({"tests": [{"input": "", "output": ""}], "starter_code": 3}, "starter_code"),
+])
+def test_malformed_problem_names_the_field(row, field):
+    with pytest.raises(ProblemError) as e:
+        Problem.from_dict(row)
+    assert str(e.value).startswith(field)
+
+
+# ---- extract_code ----
+
+def test_extract_code_takes_last_python_or_bare_block():
+    text = "a\n```python\nprint(1)\n```\nb\n```\nprint(2)\n```\n```text\nnot code\n```\n"
+    assert extract_code(text) == "print(2)\n"
+    assert extract_code("```py\nx = 1\n```") == "x = 1\n"
+    assert extract_code("no fences, print(3)") is None
+    assert extract_code("```cpp\nint main(){}\n```") is None
+
+
+# ---- command line ----
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "sandbox", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_grades_and_prints_one_json_object(tmp_path):
+    problem = tmp_path / "p.json"
+    problem.write_text(json.dumps({"tests": json.dumps([{"input": "1 2", "output": "3", "testtype": "stdin"},
+                                                        {"input": "2 2", "output": "4", "testtype": "stdin"}])}))
+    code = tmp_path / "s.py"
+    code.write_text("a, b = map(int, input().split())\nprint(a * b if a == 2 else a + b)")
+    run = _cli("grade", "--problem", str(problem), "--code", str(code), "--all-tests", "--time-limit", "5")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["passed"] is True and out["verdict"] == "accepted" and len(out["tests"]) == 2
+    code.write_text("print(5)")
+    out = json.loads(_cli("grade", "--problem", str(problem), "--code", str(code)).stdout)
+    assert out["passed"] is False and out["verdict"] == "wrong_answer" and len(out["tests"]) == 1
+
+
+def test_cli_rejects_malformed_problem(tmp_path):
+    problem = tmp_path / "p.json"
+    problem.write_text(json.dumps({"tests": [{"input": "1", "output": 3}]}))
+    code = tmp_path / "s.py"
+    code.write_text("print(3)")
+    run = _cli("grade", "--problem", str(problem), "--code", str(code))
+    assert run.returncode == 2 and "tests[0].output" in run.stderr and run.stdout == ""
+    run = _cli("grade", "--problem", str(tmp_path / "missing.json"), "--code", str(code))
+    assert run.returncode == 2 and "missing.json" in run.stderr
+
+
+def test_cli_help():
+    top, grade = _cli("--help"), _cli("grade", "--help")
+    assert top.returncode == 0 and "grade" in top.stdout
+    assert grade.returncode == 0 and "--all-tests" in grade.stdout and "fn_name" in grade.stdout
