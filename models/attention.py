@@ -2,8 +2,14 @@
 
 Queries sit at cache slots q_offset .. q_offset+T-1; query t sees key slot s when s <= q_offset + t
 and kv_valid[b, s]. Causality follows slots, not RoPE positions, so left padding just works.
+
+Three paths: `reference_attention` builds the [T, S] scores; `blockwise_attention` is FlashAttention-2
+in pure JAX (any backend, memory O(T + block^2) per head); "cudnn" is jax.nn.dot_product_attention's
+fused GPU kernel.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +38,150 @@ def causal_visibility(T: int, S: int, q_offset, kv_valid_BS):
     return (jnp.arange(S)[None, :] <= q_slot_T[:, None])[None] & kv_valid_BS[:, None, :].astype(bool)
 
 
+def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, block: int):
+    """Same result as `reference_attention` on every row that sees at least one key, without the [T, S]
+    scores: online softmax over tiles of `block` queries x `block` keys, skipping tiles that lie wholly
+    above the causal diagonal. Rows that see no key (left padding) give zeros and pass no gradient.
+    """
+    B, T, N, H = q_BTNH.shape
+    S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+    bq, bk = min(block, T), min(block, S)
+    pad_t, pad_s = -T % bq, -S % bk
+    q_BTKGH = jnp.pad(q_BTNH, ((0, 0), (0, pad_t), (0, 0), (0, 0))).reshape(B, T + pad_t, K, N // K, H)
+    k_BSKH = jnp.pad(k_BSKH, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+    v_BSKH = jnp.pad(v_BSKH, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+    kv_valid_BS = jnp.pad(kv_valid_BS.astype(bool), ((0, 0), (0, pad_s)))  # padded keys are invisible
+    q_offset = jnp.asarray(q_offset, jnp.int32)
+    out_BTKGH = _flash(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)
+    return out_BTKGH.reshape(B, T + pad_t, N, H)[:, :T]
+
+
+def _tile_scores(q_BTKGH, k_BSKH, valid_BS, q_start, k_start):
+    """Scaled scores of one tile in float32, -inf where a key is not visible."""
+    bq, bk, H = q_BTKGH.shape[1], k_BSKH.shape[1], q_BTKGH.shape[-1]
+    scores_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
+                              preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(H))
+    visible_BTS = causal_visibility(bq, bk, q_start - k_start, valid_BS)  # slots relative to the key tile
+    return jnp.where(visible_BTS[:, None, None], scores_BKGTS, -jnp.inf)
+
+
+def _visible_kv_blocks(q_offset, i, bq, bk, nk):
+    """Number of key tiles that query tile i reaches: later ones lie above the causal diagonal."""
+    return jnp.clip((q_offset + (i + 1) * bq - 1) // bk + 1, 0, nk)
+
+
+def _first_query_block(q_offset, j, bq, bk, nq):
+    """First query tile whose last slot reaches key tile j."""
+    return jnp.clip((j * bk - q_offset) // bq, 0, nq)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _flash(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
+    return _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)[0]
+
+
+def _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
+    B, T, K, G, H = q_BTKGH.shape
+    nq, nk = T // bq, k_BSKH.shape[1] // bk
+
+    def q_block(i, carry):
+        out_BTKGH, lse_BKGT = carry
+        q_blk = jax.lax.dynamic_slice_in_dim(q_BTKGH, i * bq, bq, axis=1)
+        q_start = q_offset + i * bq
+
+        def kv_block(j, c):
+            m_BKGT, l_BKGT, acc_BKGTH = c
+            k_blk, v_blk, valid_BS = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
+                                      for x in (k_BSKH, v_BSKH, kv_valid_BS))
+            scores_BKGTS = _tile_scores(q_blk, k_blk, valid_BS, q_start, j * bk)
+            # m starts finite (MASKED), so invisible scores (-inf) give exp(-inf) = 0, never NaN.
+            m_new = jnp.maximum(m_BKGT, scores_BKGTS.max(axis=-1))
+            p_BKGTS = jnp.exp(scores_BKGTS - m_new[..., None])
+            rescale = jnp.exp(m_BKGT - m_new)
+            acc_BKGTH = acc_BKGTH * rescale[..., None] + jnp.einsum(
+                "BKGTS,BSKH->BKGTH", p_BKGTS.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
+            return m_new, l_BKGT * rescale + p_BKGTS.sum(axis=-1), acc_BKGTH
+
+        init = (jnp.full((B, K, G, bq), MASKED, jnp.float32), jnp.zeros((B, K, G, bq), jnp.float32),
+                jnp.zeros((B, K, G, bq, H), jnp.float32))
+        m_BKGT, l_BKGT, acc_BKGTH = jax.lax.fori_loop(0, _visible_kv_blocks(q_offset, i, bq, bk, nk), kv_block, init)
+        # l >= 1 on any row that saw a key; l = 0 (acc = 0) on rows that saw none.
+        l_BKGT = jnp.maximum(l_BKGT, jnp.finfo(jnp.float32).tiny)
+        out_blk = jnp.einsum("BKGTH->BTKGH", acc_BKGTH / l_BKGT[..., None]).astype(q_BTKGH.dtype)
+        out_BTKGH = jax.lax.dynamic_update_slice_in_dim(out_BTKGH, out_blk, i * bq, axis=1)
+        lse_BKGT = jax.lax.dynamic_update_slice_in_dim(lse_BKGT, m_BKGT + jnp.log(l_BKGT), i * bq, axis=3)
+        return out_BTKGH, lse_BKGT
+
+    out_BTKGH, lse_BKGT = jax.lax.fori_loop(
+        0, nq, q_block, (jnp.zeros_like(q_BTKGH), jnp.zeros((B, K, G, T), jnp.float32)))
+    return out_BTKGH, (q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, out_BTKGH, lse_BKGT)
+
+
+def _flash_bwd(bq, bk, residuals, dout_BTKGH):
+    """FlashAttention-2 backward: per key tile, walk the query tiles that see it, recomputing P."""
+    q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, out_BTKGH, lse_BKGT = residuals
+    T, H = q_BTKGH.shape[1], q_BTKGH.shape[-1]
+    nq, nk = T // bq, k_BSKH.shape[1] // bk
+    scale = 1.0 / jnp.sqrt(jnp.float32(H))
+    # rowsum(dO * O): the softmax Jacobian's correction term, one number per query row.
+    delta_BKGT = jnp.einsum("BTKGH,BTKGH->BKGT", dout_BTKGH.astype(jnp.float32), out_BTKGH.astype(jnp.float32))
+
+    def kv_block(j, carry):
+        dq_BTKGH, dk_BSKH, dv_BSKH = carry
+        k_blk, v_blk, valid_BS = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
+                                  for x in (k_BSKH, v_BSKH, kv_valid_BS))
+
+        def q_block(i, c):
+            dq_BTKGH, dk_blk, dv_blk = c
+            q_blk, dout_blk, dq_blk = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1)
+                                       for x in (q_BTKGH, dout_BTKGH, dq_BTKGH))
+            lse_blk, delta_blk = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3) for x in (lse_BKGT, delta_BKGT))
+            p_BKGTS = jnp.exp(_tile_scores(q_blk, k_blk, valid_BS, q_offset + i * bq, j * bk) - lse_blk[..., None])
+            dv_blk += jnp.einsum("BKGTS,BTKGH->BSKH", p_BKGTS.astype(dout_blk.dtype), dout_blk,
+                                 preferred_element_type=jnp.float32)
+            dp_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", dout_blk, v_blk, preferred_element_type=jnp.float32)
+            ds_BKGTS = (p_BKGTS * (dp_BKGTS - delta_blk[..., None]) * scale).astype(q_blk.dtype)
+            dq_blk += jnp.einsum("BKGTS,BSKH->BTKGH", ds_BKGTS, k_blk, preferred_element_type=jnp.float32)
+            dk_blk += jnp.einsum("BKGTS,BTKGH->BSKH", ds_BKGTS, q_blk, preferred_element_type=jnp.float32)
+            return jax.lax.dynamic_update_slice_in_dim(dq_BTKGH, dq_blk, i * bq, axis=1), dk_blk, dv_blk
+
+        zeros_BSKH = jnp.zeros(k_blk.shape, jnp.float32)
+        dq_BTKGH, dk_blk, dv_blk = jax.lax.fori_loop(
+            _first_query_block(q_offset, j, bq, bk, nq), nq, q_block, (dq_BTKGH, zeros_BSKH, zeros_BSKH))
+        dk_BSKH = jax.lax.dynamic_update_slice_in_dim(dk_BSKH, dk_blk, j * bk, axis=1)
+        dv_BSKH = jax.lax.dynamic_update_slice_in_dim(dv_BSKH, dv_blk, j * bk, axis=1)
+        return dq_BTKGH, dk_BSKH, dv_BSKH
+
+    init = (jnp.zeros(q_BTKGH.shape, jnp.float32), jnp.zeros(k_BSKH.shape, jnp.float32),
+            jnp.zeros(v_BSKH.shape, jnp.float32))
+    dq_BTKGH, dk_BSKH, dv_BSKH = jax.lax.fori_loop(0, nk, kv_block, init)
+    return (dq_BTKGH.astype(q_BTKGH.dtype), dk_BSKH.astype(k_BSKH.dtype), dv_BSKH.astype(v_BSKH.dtype),
+            None, None)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
+    """cuDNN's fused kernel (GPU only, bf16/fp16 inputs). Left padding and a cache offset do not fit its
+    causal/padding mask types, so visibility goes in as a mask, which cuDNN turns into a [B, 1, T, S]
+    bias: O(T*S) memory shared by all heads, unlike the reference's per-head float32 scores."""
+    if jax.default_backend() != "gpu":
+        raise RuntimeError(f"attention='cudnn' needs a GPU (cuDNN); this process runs JAX on "
+                           f"{jax.default_backend()!r}: use 'blockwise' or 'auto' there")
+    T, S = q_BTNH.shape[1], k_BSKH.shape[1]
+    visible_B1TS = causal_visibility(T, S, q_offset, kv_valid_BS)[:, None]
+    return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=visible_B1TS, implementation="cudnn")
+
+
 def attention(cfg: ModelConfig, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
     impl = cfg.attention
     if impl == "auto":
         impl = "blockwise" if k_BSKH.shape[1] >= cfg.blockwise_min_len and q_BTNH.shape[1] > 1 else "reference"
     if impl == "reference":
         return reference_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)
+    if impl == "blockwise":
+        return blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, cfg.attention_block)
+    if impl == "cudnn":
+        return cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)
     raise NotImplementedError(f"attention implementation {impl!r}")

@@ -80,7 +80,8 @@ def unembedding(params, cfg: ModelConfig) -> jax.Array:
     return (params["embed"] if cfg.tie_word_embeddings else params["lm_head"]).astype(cfg.dtype)
 
 
-def _inputs(tokens, attention_mask, positions):
+def model_inputs(tokens, attention_mask, positions):
+    """int32 tokens, mask (all ones by default) and RoPE positions (from the mask by default)."""
     tokens = jnp.asarray(tokens, jnp.int32)
     mask = jnp.ones(tokens.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
@@ -90,6 +91,6 @@ def _inputs(tokens, attention_mask, positions):
 @functools.partial(jax.jit, static_argnums=1)
 def forward(params, config: ModelConfig, tokens, attention_mask=None, positions=None) -> jax.Array:
     """Logits [B, T, V] in float32 for int32 tokens [B, T]; attention_mask is 1 on real tokens."""
-    tokens, mask, positions = _inputs(tokens, attention_mask, positions)
+    tokens, mask, positions = model_inputs(tokens, attention_mask, positions)
     h_BTD, _ = hidden_states(params, config, tokens, mask, positions)
     return jnp.einsum("BTD,VD->BTV", h_BTD, unembedding(params, config), preferred_element_type=jnp.float32)

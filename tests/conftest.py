@@ -1,4 +1,4 @@
-"""Test-wide settings: JAX on the CPU with 8 simulated devices, f32 matmuls at full precision."""
+"""Test-wide settings: JAX on the CPU with 8 simulated devices (set before jax is imported)."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

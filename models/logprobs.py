@@ -1,0 +1,114 @@
+"""Token log-probabilities and entropies without ever holding [B, T, V] logits.
+
+Rows (tokens) are processed `chunk_size` at a time under `lax.scan`; a custom VJP keeps only the hidden
+states, the unembedding and two floats per row (logsumexp, entropy) for the backward pass, which
+recomputes each chunk's logits. Peak temporary memory is a few [chunk, V] float32 buffers, plus, for
+gradients, a float32 [V, D] accumulator so bf16 unembedding gradients are summed over chunks without
+bf16 rounding at every step.
+
+DEFAULT_CHUNK = 512, for one 32K-token Qwen3-14B sequence (V = 151,936, D = 5120, bf16): the forward's
+temporaries are one [chunk, V] float32 logits buffer, 0.29 GiB, against 18.5 GiB for full logits. On
+the CPU backend XLA adds a float32 copy of the bf16 hidden states (0.63 GiB), giving 0.92 GiB: still
+under the 1 GiB goal, which 1024 (1.21 GiB there) is not; 256 halves the chunk buffer for twice the
+scan steps. `python -m benchmarks.logprob_memory --chunk N` prints the figures.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from models.config import ModelConfig
+from models.transformer import model_inputs, hidden_states, unembedding
+
+DEFAULT_CHUNK = 512
+
+
+def chunked_logprobs(hidden_ND, unembed_VD, targets_N, chunk_size: int = DEFAULT_CHUNK,
+                     return_entropy: bool = False, temperature: float = 1.0):
+    """log softmax(h @ W^T / temperature)[target] per row, float32 [N]; with return_entropy also the
+    entropy of that distribution [N]. Gradients flow to hidden_ND and unembed_VD."""
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature}: must be > 0 (greedy rollouts report raw logits: pass 1.0)")
+    N, D = hidden_ND.shape
+    chunk = max(1, min(chunk_size, N))
+    pad = -N % chunk
+    hidden_CcD = jnp.pad(hidden_ND, ((0, pad), (0, 0))).reshape(-1, chunk, D)
+    targets_Cc = jnp.pad(jnp.asarray(targets_N, jnp.int32), (0, pad)).reshape(-1, chunk)
+    logp_Cc, entropy_Cc = _chunked(float(temperature), return_entropy, hidden_CcD, unembed_VD, targets_Cc)
+    logp_N, entropy_N = logp_Cc.reshape(-1)[:N], entropy_Cc.reshape(-1)[:N]
+    return (logp_N, entropy_N) if return_entropy else logp_N
+
+
+def _chunk_logits(temperature, hidden_cD, unembed_VD):
+    logits_cV = jnp.einsum("cD,VD->cV", hidden_cD, unembed_VD, preferred_element_type=jnp.float32)
+    return logits_cV / temperature if temperature != 1.0 else logits_cV
+
+
+def _chunk_stats(temperature, with_entropy, hidden_cD, unembed_VD, targets_c):
+    """Target logprob, entropy (zeros unless with_entropy) and logsumexp of one chunk of rows."""
+    z_cV = _chunk_logits(temperature, hidden_cD, unembed_VD)
+    lse_c = jax.nn.logsumexp(z_cV, axis=-1)
+    # -sum p log p rather than lse - sum p z: no cancellation between two large numbers.
+    logp_cV = z_cV - lse_c[:, None]
+    entropy_c = -jnp.sum(jnp.exp(logp_cV) * logp_cV, axis=-1) if with_entropy else jnp.zeros_like(lse_c)
+    target_logp_c = jnp.take_along_axis(z_cV, targets_c[:, None], axis=-1)[:, 0] - lse_c
+    return target_logp_c, entropy_c, lse_c
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _chunked(temperature, with_entropy, hidden_CcD, unembed_VD, targets_Cc):
+    return _chunked_fwd(temperature, with_entropy, hidden_CcD, unembed_VD, targets_Cc)[0]
+
+
+def _chunked_fwd(temperature, with_entropy, hidden_CcD, unembed_VD, targets_Cc):
+    def step(_, xs):
+        hidden_cD, targets_c = xs
+        return None, _chunk_stats(temperature, with_entropy, hidden_cD, unembed_VD, targets_c)
+
+    _, (logp_Cc, entropy_Cc, lse_Cc) = jax.lax.scan(step, None, (hidden_CcD, targets_Cc))
+    return (logp_Cc, entropy_Cc), (hidden_CcD, unembed_VD, targets_Cc, lse_Cc, entropy_Cc)
+
+
+def _chunked_bwd(temperature, with_entropy, residuals, cotangents):
+    """d logp / dz = onehot(target) - p;  d entropy / dz = -p (log p + entropy); z = logits / temperature."""
+    hidden_CcD, unembed_VD, targets_Cc, lse_Cc, entropy_Cc = residuals
+    dlogp_Cc, dentropy_Cc = cotangents
+
+    def step(dunembed_VD, xs):
+        hidden_cD, targets_c, lse_c, entropy_c, dlogp_c, dentropy_c = xs
+        logp_cV = _chunk_logits(temperature, hidden_cD, unembed_VD) - lse_c[:, None]
+        p_cV = jnp.exp(logp_cV)
+        onehot_cV = jnp.arange(p_cV.shape[1])[None, :] == targets_c[:, None]
+        dz_cV = dlogp_c[:, None] * (onehot_cV - p_cV)
+        if with_entropy:
+            dz_cV -= dentropy_c[:, None] * p_cV * (logp_cV + entropy_c[:, None])
+        dlogits_cV = (dz_cV / temperature).astype(unembed_VD.dtype)
+        dhidden_cD = jnp.einsum("cV,VD->cD", dlogits_cV, unembed_VD, preferred_element_type=jnp.float32)
+        dunembed_VD += jnp.einsum("cV,cD->VD", dlogits_cV, hidden_cD.astype(unembed_VD.dtype),
+                                  preferred_element_type=jnp.float32)
+        return dunembed_VD, dhidden_cD.astype(hidden_cD.dtype)
+
+    dunembed_VD, dhidden_CcD = jax.lax.scan(
+        step, jnp.zeros(unembed_VD.shape, jnp.float32),
+        (hidden_CcD, targets_Cc, lse_Cc, entropy_Cc, dlogp_Cc, dentropy_Cc))
+    return dhidden_CcD, dunembed_VD.astype(unembed_VD.dtype), None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "return_entropy", "chunk_size", "temperature"))
+def token_logprobs(params, config: ModelConfig, tokens, attention_mask=None, positions=None, *,
+                   return_entropy: bool = False, chunk_size: int = DEFAULT_CHUNK, temperature: float = 1.0):
+    """[B, T-1] float32: [:, t] = log p(tokens[:, t+1] | tokens[:, :t+1]) under logits / temperature
+    (the sampler's definition). With return_entropy, also the predictive entropies [B, T-1]. Where
+    attention_mask[:, :-1] & attention_mask[:, 1:] is 0 (padding, and a left-padded row's first real
+    token, which has no context) values are finite but meaningless: mask them."""
+    tokens, mask, positions = model_inputs(tokens, attention_mask, positions)
+    h_BTD, _ = hidden_states(params, config, tokens, mask, positions)
+    B, T, D = h_BTD.shape
+    out = chunked_logprobs(h_BTD[:, :-1].reshape(B * (T - 1), D), unembedding(params, config),
+                           tokens[:, 1:].reshape(-1), chunk_size, return_entropy, temperature)
+    return jax.tree.map(lambda x_N: x_N.reshape(B, T - 1), out)
