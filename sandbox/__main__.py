@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
                "testtype}, or a TACO object {inputs, outputs, fn_name?}, possibly as a JSON-encoded "
                "string as in DeepCoder rows), and optionally `fn_name` (or `metadata.func_name`; "
                "metadata may be a JSON string) for call-based tests, `starter_code`, `time_limit`, "
-               "`memory_mb`. Verdicts: accepted, wrong_answer, time_limit, memory_limit, "
+               "`memory_mb`; or a LiveCodeBench code_generation row (public_test_cases, "
+               "private_test_cases, metadata; 6 s per test unless time_limit is given). Verdicts: accepted, wrong_answer, time_limit, memory_limit, "
                "runtime_error, output_limit, syntax_error, sandbox_error.")
     grade.add_argument("--problem", required=True, metavar="P.json", help="problem file (JSON)")
     grade.add_argument("--code", required=True, metavar="S.py",

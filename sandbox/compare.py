@@ -1,7 +1,17 @@
-"""LiveCodeBench's output comparison, run in the grading process only."""
+"""LiveCodeBench's output comparison, run in the grading process only.
+
+Also the encoding of call-based return values (`encode_return`, run in the child, and
+`decode_return`, run here): LiveCodeBench compares the *Python* value the function returned with
+`json.loads(expected)` using `==`, so a nested tuple, a dict with int keys, a numpy scalar or a
+Decimal behave differently from their JSON text. The child therefore sends a typed encoding that
+keeps those types, and the parent rebuilds a value made only of plain types (never arbitrary
+objects) and compares it the way LiveCodeBench does.
+"""
 from __future__ import annotations
 
+import json
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 from .problem import loads_json
 
@@ -15,32 +25,43 @@ def _numbers(line: str) -> list[Decimal] | None:
         return None
 
 
-def _line_equal(got: str, want: str, tolerance: float | None) -> bool:
+def _line_equal(got: str, want: str, tolerance: float | None) -> bool | None:
     if got == want:
         return True
     a, b = _numbers(got), _numbers(want)
     if a is None or b is None or len(a) != len(b):
         return False
-    if tolerance is None:
-        return a == b
-    tol = Decimal(str(tolerance))
-    # NaN compares unequal and infinities must match exactly, as with plain Decimal equality.
-    return all(x == y or (x.is_finite() and y.is_finite() and abs(x - y) <= tol * max(1, abs(y)))
-               for x, y in zip(a, b))
+    try:
+        if tolerance is None:
+            return a == b
+        tol = Decimal(str(tolerance))
+        # NaN compares unequal and infinities must match exactly, as with plain Decimal equality.
+        return all(x == y or (x.is_finite() and y.is_finite() and abs(x - y) <= tol * max(1, abs(y)))
+                   for x, y in zip(a, b))
+    except InvalidOperation:  # "sNaN" parses, but comparing it raises: LCB's grader errors out
+        return None
 
 
-def stdout_matches(got: str, want: str, tolerance: float | None = None) -> bool:
+def stdout_matches(got: str, want: str, tolerance: float | None = None) -> bool | None:
     """Strip both, split into lines, strip each line; equal line counts; each line equal as text
-    or as whitespace-separated Decimals ("1.0" == "1", "1e3" == "1000")."""
+    or as whitespace-separated Decimals ("1.0" == "1", "1e3" == "1000"). Lines are checked in
+    order and the first unequal line decides. None: comparing the Decimals raised (a signalling
+    "sNaN"), which LiveCodeBench reports as a runtime error."""
     got_lines = [line.strip() for line in got.strip().split("\n")]
     want_lines = [line.strip() for line in want.strip().split("\n")]
-    return len(got_lines) == len(want_lines) and all(
-        _line_equal(g, w, tolerance) for g, w in zip(got_lines, want_lines))
+    if len(got_lines) != len(want_lines):
+        return False
+    for g, w in zip(got_lines, want_lines):
+        equal = _line_equal(g, w, tolerance)
+        if not equal:
+            return equal
+    return True
 
 
 def return_matches(got_json: str, want_json: str, unwrap: bool = False) -> bool:
-    """`==` on JSON values (the child already turned tuples into lists). With `unwrap`, a
-    TACO expected value wrapped in a one-element list also matches its element."""
+    """`==` on JSON values (plain `json.dumps` of the return value, so tuples became lists). With
+    `unwrap`, a TACO expected value wrapped in a one-element list also matches its element.
+    Prefer `typed_return_matches`, which keeps the return value's Python types."""
     try:
         got, want = loads_json(got_json), loads_json(want_json)
     except (ValueError, RecursionError):
@@ -48,3 +69,168 @@ def return_matches(got_json: str, want_json: str, unwrap: bool = False) -> bool:
     if got == want:
         return True
     return unwrap and isinstance(want, list) and len(want) == 1 and got == want[0]
+
+
+# ---- typed return values ----
+#
+# Encoding (JSON text): null, booleans, strings, ints and floats (NaN/Infinity allowed) stand for
+# themselves, a JSON list is a Python list, and every JSON object is a one-key tag:
+#   {"tuple": [...]}, {"dict": [[key, value], ...]}, {"decimal": "1.5"}, {"fraction": [n, d]},
+#   {"complex": [re, im]}, {"npscalar": [dtype, value]}, {"ndarray": [dtype, shape, nested list]},
+#   {"opaque": "typename"}  (sets, generators, bytes, objects...: never equal to a JSON value).
+# Subclasses of list / dict / str / int / float encode as the base type: their == is the base's
+# unless they override it, and an overriding __eq__ (an "always equal" object) is exactly what
+# must not reach the grader.
+
+_NUMPY_KINDS = "biufcU"  # bool, int, uint, float, complex, unicode: rebuilt as real numpy arrays
+
+
+def _encode(v, depth: int):
+    if depth > 10_000:
+        raise RecursionError("value nested too deeply")
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str):  # the base type's own conversions: a subclass cannot override them
+        return str.__str__(v)
+    if isinstance(v, int):
+        return int.__index__(v)
+    if isinstance(v, float):
+        return float.__float__(v)
+    if isinstance(v, list):
+        return [_encode(x, depth + 1) for x in v]
+    if isinstance(v, tuple):
+        return {"tuple": [_encode(x, depth + 1) for x in v]}
+    if isinstance(v, dict):
+        return {"dict": [[_encode(k, depth + 1), _encode(x, depth + 1)] for k, x in v.items()]}
+    if isinstance(v, Decimal):
+        return {"decimal": str(v)}
+    if isinstance(v, Fraction):
+        return {"fraction": [v.numerator, v.denominator]}
+    if isinstance(v, complex):
+        return {"complex": [v.real, v.imag]}
+    module = type(v).__module__ or ""
+    if module == "numpy" or module.startswith("numpy."):
+        import numpy as np  # only when the solution returned a numpy value
+        if isinstance(v, np.generic) and v.dtype.kind in _NUMPY_KINDS:
+            return {"npscalar": [v.dtype.str, _encode(v.item(), depth + 1)]}
+        if isinstance(v, np.ndarray) and v.dtype.kind in _NUMPY_KINDS:
+            return {"ndarray": [v.dtype.str, list(v.shape), _encode(v.tolist(), depth + 1)]}
+    return {"opaque": type(v).__name__[:100]}
+
+
+def encode_return(value) -> str:
+    """The child's side: JSON text of `value` with the types LCB's `==` can see. Never raises."""
+    try:
+        return json.dumps(_encode(value, 0))
+    except (RecursionError, ValueError, TypeError, OverflowError, MemoryError) as e:
+        return json.dumps({"opaque": f"unencodable: {type(e).__name__}"})
+
+
+class Opaque:
+    """Stands for a returned value that is no JSON value: equal to nothing, hashable."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __eq__(self, other):
+        return False
+
+    def __hash__(self):
+        return id(self)
+
+    def __repr__(self):
+        return f"<{self.name}>"
+
+
+class DecodeError(ValueError):
+    pass
+
+
+def _decode(v):
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    if not isinstance(v, dict):
+        return v
+    if len(v) != 1:
+        raise DecodeError("a tag object has exactly one key")
+    (tag, body), = v.items()
+    if tag == "tuple" and isinstance(body, list):
+        return tuple(_decode(x) for x in body)
+    if tag == "dict" and isinstance(body, list):
+        out = {}
+        for pair in body:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise DecodeError("dict entries are [key, value] pairs")
+            out[_decode(pair[0])] = _decode(pair[1])  # TypeError for an unhashable key
+        return out
+    if tag == "decimal" and isinstance(body, str):
+        return Decimal(body)
+    if tag == "fraction" and isinstance(body, list) and len(body) == 2:
+        return Fraction(int(body[0]), int(body[1]))
+    if tag == "complex" and isinstance(body, list) and len(body) == 2:
+        return complex(float(body[0]), float(body[1]))
+    if tag == "npscalar" and isinstance(body, list) and len(body) == 2:
+        import numpy as np
+        dtype = _numpy_dtype(np, body[0])
+        return dtype.type(_decode(body[1]))
+    if tag == "ndarray" and isinstance(body, list) and len(body) == 3:
+        import numpy as np
+        dtype = _numpy_dtype(np, body[0])
+        shape = body[1]
+        if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise DecodeError("bad ndarray shape")
+        return np.array(_decode(body[2]), dtype=dtype).reshape(shape)
+    if tag == "opaque":
+        return Opaque(str(body))
+    raise DecodeError(f"unknown tag {tag!r}")
+
+
+def _numpy_dtype(np, text):
+    if not isinstance(text, str) or len(text) > 16:
+        raise DecodeError("bad dtype")
+    dtype = np.dtype(text)
+    if dtype.kind not in _NUMPY_KINDS:
+        raise DecodeError("dtype not allowed")
+    return dtype
+
+
+def decode_return(text: str):
+    """The parent's side: rebuild the value from `encode_return`'s text (plain types, Decimal,
+    Fraction, complex, numpy scalars and arrays of simple dtypes, or Opaque)."""
+    return _decode(loads_json(text))
+
+
+def typed_return_matches(got_text: str, want_json: str, unwrap: bool = False) -> bool | None:
+    """LiveCodeBench's call-based check on the rebuilt return value: a top-level tuple becomes a
+    list, then `prediction == expected`; a failing or raising comparison fails the test; a numpy
+    array result counts by its first element. Returns None when LCB's comparison itself raises
+    (LCB then reports a runtime error)."""
+    try:
+        got, want = decode_return(got_text), loads_json(want_json)
+    except (ValueError, TypeError, OverflowError, RecursionError, ArithmeticError):
+        return False
+    if isinstance(got, tuple):
+        got = list(got)
+    ok = _lcb_equal(got, want)
+    if ok is False and unwrap and isinstance(want, list) and len(want) == 1:
+        ok = _lcb_equal(got, want[0])
+    return ok
+
+
+def _lcb_equal(got, want) -> bool | None:
+    try:
+        result = got == want
+        if not result:
+            return False
+    except Exception:  # noqa: BLE001 - e.g. the truth value of a 2-element numpy array
+        return None
+    if type(result).__module__ == "numpy":  # LCB keeps .item(0) of an array and bool() of np.bool_
+        try:
+            result = result.item(0) if hasattr(result, "ndim") and result.ndim else result.item()
+        except (IndexError, ValueError):
+            return None
+    try:
+        return bool(result > 0)  # LCB: np.all(results > 0)
+    except TypeError:
+        return bool(result)
+

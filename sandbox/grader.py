@@ -6,7 +6,7 @@ import json
 import signal
 from dataclasses import dataclass
 
-from .compare import FLOAT_TOLERANCE, return_matches, stdout_matches
+from .compare import FLOAT_TOLERANCE, return_matches, stdout_matches, typed_return_matches
 from .problem import Problem, Test
 from .results import GradeResult, TestResult, Verdict
 
@@ -82,15 +82,25 @@ def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: in
     if error == "MemoryError" or status.get("errno") == errno.ENOMEM or (
             code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT, -signal.SIGKILL) and near_limit):
         return Verdict.MEMORY_LIMIT
-    if code != 0 or error:
+    # LiveCodeBench swallows SystemExit around a stdin program whatever its code: exit(1),
+    # exit("msg") and raise SystemExit(2) after printing the answer pass there, and so here.
+    stdin_exit = not call_based and error == "SystemExit" and code == 1
+    if (code != 0 or error) and not stdin_exit:
         return Verdict.RUNTIME_ERROR
     if call_based:
-        if "unserializable" in status:
+        if "typed" in status:  # the return value with its Python types (compare.encode_return)
+            ok = typed_return_matches(status["typed"], test.output, test.unwrap)
+            if ok is None:  # LCB's own comparison raised (e.g. a 2-element numpy array)
+                return Verdict.RUNTIME_ERROR
+        elif "unserializable" in status:
             return Verdict.WRONG_ANSWER  # a set or an object never equals a JSON value
-        if "value" not in status:  # e.g. os._exit(0) inside the function
+        elif "value" in status:
+            ok = return_matches(status["value"], test.output, test.unwrap)
+        else:  # e.g. os._exit(0) inside the function
             return Verdict.RUNTIME_ERROR
-        ok = return_matches(status["value"], test.output, test.unwrap)
     else:
         tolerance = FLOAT_TOLERANCE if opts.float_tolerance else None
         ok = stdout_matches(run["stdout"].decode("utf-8", "replace"), test.output, tolerance)
+        if ok is None:  # LCB's comparison raised ("sNaN"): its verdict is a runtime error
+            return Verdict.RUNTIME_ERROR
     return Verdict.ACCEPTED if ok else Verdict.WRONG_ANSWER

@@ -4,7 +4,12 @@ Expected outputs stay in the grading process: a Test holds them, a child never r
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
+import pickle
+import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -12,6 +17,8 @@ from typing import Any
 
 DEFAULT_TIME_LIMIT = 15.0
 DEFAULT_MEMORY_MB = 4096
+LCB_TIME_LIMIT = 6.0  # lcb_runner's default --timeout, seconds per test
+LCB_MAX_DECOMPRESSED = 1 << 31  # bytes: a bound on private_test_cases after zlib
 
 
 class ProblemError(ValueError):
@@ -57,6 +64,9 @@ class Problem:
         `memory_mb`."""
         if not isinstance(row, dict):
             raise ProblemError(f"problem: expected a JSON object, got {type(row).__name__}")
+        if "tests" not in row and ("public_test_cases" in row or "input_output" in row):
+            return cls.from_lcb_row(row, row.get("time_limit", LCB_TIME_LIMIT),
+                                    row.get("memory_mb", DEFAULT_MEMORY_MB))
         if "tests" not in row:
             raise ProblemError("tests: missing")
         metadata = _decoded(row.get("metadata") or {}, "metadata")
@@ -83,12 +93,88 @@ class Problem:
         return cls(tuple(tests), fn_name, starter, float(time_limit), memory_mb, metadata)
 
     @classmethod
+    def from_lcb_row(cls, row: dict, time_limit: float = LCB_TIME_LIMIT,
+                     memory_mb: int = DEFAULT_MEMORY_MB) -> "Problem":
+        """Build from a LiveCodeBench code_generation(_lite) row: `public_test_cases` (JSON
+        text), `private_test_cases` (JSON text, or base64 -> zlib -> pickle -> JSON text),
+        `metadata` (JSON text with `func_name`), `starter_code`. As in lcb_runner, the tests are
+        public then private, and `func_name` alone decides call-based vs stdin (a test's
+        `testtype` is not consulted). Also accepts lcb_runner's evaluation sample
+        `{"input_output": JSON {inputs, outputs, fn_name}}`. The time limit defaults to
+        lcb_runner's 6 s per test.
+
+        The pickle is decoded with an Unpickler that refuses every global (class or function),
+        so it can only build plain str/bytes/int/float/list/tuple/dict/set values: a crafted
+        row cannot run code, only fail to load."""
+        if not isinstance(row, dict):
+            raise ProblemError(f"problem: expected a LiveCodeBench row (object), got {type(row).__name__}")
+        if "input_output" in row and "public_test_cases" not in row:
+            sample = _decoded(row["input_output"], "input_output")
+            if not isinstance(sample, dict):
+                raise ProblemError("input_output: expected an object with inputs/outputs")
+            return cls.from_dict({"tests": sample, "fn_name": sample.get("fn_name"),
+                                  "time_limit": time_limit, "memory_mb": memory_mb})
+        metadata = _decoded(row.get("metadata") or {}, "metadata")
+        if not isinstance(metadata, dict):
+            raise ProblemError("metadata: expected an object")
+        fn_name = metadata.get("func_name") or None
+        public = _decoded(row.get("public_test_cases") or "[]", "public_test_cases")
+        private = _lcb_private_tests(row.get("private_test_cases") or "[]")
+        tests = []
+        for name, group in (("public_test_cases", public), ("private_test_cases", private)):
+            if not isinstance(group, list):
+                raise ProblemError(f"{name}: expected a list of tests")
+            for i, t in enumerate(group):
+                if not isinstance(t, dict):
+                    raise ProblemError(f"{name}[{i}]: expected an object with input/output")
+                tests.append({"input": t.get("input"), "output": t.get("output"),
+                              "testtype": "functional" if fn_name else "stdin"})
+        return cls.from_dict({"tests": tests, "fn_name": fn_name, "metadata": metadata,
+                              "starter_code": row.get("starter_code") or "",
+                              "time_limit": time_limit, "memory_mb": memory_mb})
+
+    @classmethod
     def from_file(cls, path: str | Path) -> "Problem":
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ProblemError(f"problem file {path}: {e}") from None
         return cls.from_dict(_decoded(text, f"problem file {path}"))
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds only what pickle's opcodes build by themselves; any class or function is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def _lcb_private_tests(value: Any) -> Any:
+    """LiveCodeBench's private tests: JSON text, or base64 of zlib of a pickle of JSON text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return loads_json(value)
+    except ValueError:
+        pass
+    name = "private_test_cases"
+    try:
+        packed = base64.b64decode(value.encode("ascii"), validate=False)
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(packed, LCB_MAX_DECOMPRESSED)
+        if inflater.unconsumed_tail:
+            raise ProblemError(f"{name}: more than {LCB_MAX_DECOMPRESSED} bytes once decompressed")
+        text = _PlainUnpickler(io.BytesIO(raw)).load()
+    except ProblemError:
+        raise
+    except (UnicodeEncodeError, binascii.Error, zlib.error, pickle.UnpicklingError, EOFError,
+            ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
+        raise ProblemError(f"{name}: neither JSON nor base64/zlib/pickle ({type(e).__name__}: {e})") from None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str):
+        raise ProblemError(f"{name}: the pickle holds {type(text).__name__}, expected JSON text")
+    return _decoded(text, name)
 
 
 def call_args(text: str, name: str = "input") -> list:
@@ -143,6 +229,13 @@ def _taco_tests(raw: dict, fn_name: str | None) -> list[Test]:
     for i, (inp, out) in enumerate(zip(inputs, outputs)):
         if fn_name is None:  # stdin; TACO sometimes stores text as a list of lines
             tests.append(Test(_text(inp, f"tests.inputs[{i}]"), _text(out, f"tests.outputs[{i}]")))
+            continue
+        if isinstance(inp, str):  # lcb_runner's sample shape: JSON lines in, JSON text out
+            call_args(inp, f"tests.inputs[{i}]")
+            if not isinstance(out, str):
+                raise ProblemError(f"tests.outputs[{i}]: expected JSON text for a JSON-lines input")
+            _decoded(out, f"tests.outputs[{i}]")
+            tests.append(Test(inp, out))
             continue
         # TACO call-based inputs are already the argument list, not JSON text lines.
         if not isinstance(inp, list):

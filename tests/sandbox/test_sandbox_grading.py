@@ -95,9 +95,15 @@ def test_exit_after_printing(pool, code):
     assert pool.grade(stdin_problem([("", "3")]), code).verdict is A
 
 
-@pytest.mark.parametrize("code", ["print(3)\nexit(1)", "print(3)\nexit('bye')", "print(3)\nraise ValueError"])
-def test_failing_exit_is_a_runtime_error(pool, code):
-    assert pool.grade(stdin_problem([("", "3")]), code).verdict is Verdict.RUNTIME_ERROR
+@pytest.mark.parametrize("code", ["print(3)\nexit(1)", "print(3)\nexit('bye')", "print(3)\nraise SystemExit(2)"])
+def test_any_exit_code_after_printing_is_judged_on_output(pool, code):
+    # LiveCodeBench swallows SystemExit around a stdin program, whatever its code.
+    assert pool.grade(stdin_problem([("", "3")]), code).verdict is A
+    assert pool.grade(stdin_problem([("", "4")]), code).verdict is W
+
+
+def test_exception_after_printing_is_a_runtime_error(pool):
+    assert pool.grade(stdin_problem([("", "3")]), "print(3)\nraise ValueError").verdict is Verdict.RUNTIME_ERROR
 
 
 @pytest.mark.parametrize("code", [
