@@ -89,6 +89,7 @@ class SandboxPool:
         for w in self._workers:
             self._idle.put(w)
         self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="sandbox")
+        self._closed = False
 
     def grade(self, problem: Problem | dict, code: str, **options) -> GradeResult:
         """Options (see grader.Options): all_tests, time_limit, memory_mb, float_tolerance."""
@@ -97,6 +98,8 @@ class SandboxPool:
         opts = Options(**{**self.defaults.__dict__, **options})
         worker = self._idle.get()
         try:
+            if self._closed:  # a worker used now would start a zygote that nothing stops
+                raise RuntimeError("SandboxPool is closed")
             error = None
             for _ in range(2):  # a crashed or hung zygote is replaced and the job re-run once
                 try:
@@ -119,9 +122,15 @@ class SandboxPool:
             self._executor, functools.partial(self.grade, problem, code, **options))
 
     def close(self) -> None:
+        """Let grades in progress finish, then stop the zygotes; later grades raise."""
+        self._closed = True
         self._executor.shutdown(wait=True)
-        for w in self._workers:
+        # Each worker comes back to the queue when its grade ends: stopping it under a running
+        # grade would make that grade fail oddly or restart the zygote.
+        workers = [self._idle.get() for _ in self._workers]
+        for w in workers:
             w.stop()
+            self._idle.put(w)  # wakes grade() calls waiting for a worker: they see the pool closed
 
     def __enter__(self) -> "SandboxPool":
         return self

@@ -1,6 +1,7 @@
 """The warm zygote: one per pool slot. It pre-imports what solutions may import (after the uid
-drop and chroot, nothing can be imported from disk), builds the seccomp filter once, compiles each
-solution once, and forks one locked-down child per test.
+drop and chroot, nothing can be imported from disk) and builds the seccomp filter once. Each
+solution is served by a fork of it, which compiles the solution once and forks one locked-down
+child per test.
 
 It never sees expected outputs: it returns the child's raw stdout / return value and the grading
 process compares. Run as `python -m sandbox.zygote`; it speaks ipc frames on fds 0 (requests)
@@ -13,6 +14,7 @@ import builtins
 import ctypes
 import gc
 import importlib
+import json
 import linecache
 import os
 import resource
@@ -22,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 import types
 
 from . import ipc, seccomp_filter
@@ -29,6 +32,7 @@ from .child import Job, prepare_zygote, run
 
 STACK_BYTES = 1 << 30  # main-thread stack room for deep recursion; reserved at exec time
 TMPFS_BYTES = 64 << 20  # disk budget of one test's private directory
+TMPFS_INODES = 16_384  # and its file count: tmpfs inodes are kernel memory that `size` does not cap
 STDERR_TAIL = 2000
 UID_BASE = 100_000  # slot uid = UID_BASE + zygote pid: unique among live zygotes
 
@@ -50,24 +54,30 @@ PRELUDE_STAR = """string re datetime collections heapq bisect copy math random s
 functools operator io sys json builtins typing""".split()
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_MNT_DETACH = 2
+_PR_SET_PDEATHSIG = 1
+
+
 def _isolate() -> dict:
-    """Private mount and network namespaces, with a size-limited tmpfs on /tmp for test dirs."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    """Private mount and network namespaces, with a small tmpfs on /tmp for test dirs."""
     new_ns, new_net, new_user = 0x00020000, 0x40000000, 0x10000000
     info = {"root": os.geteuid() == 0, "namespaces": False, "chroot": False}
     uid, gid = os.getuid(), os.getgid()
     flags = new_ns | new_net | (0 if info["root"] else new_user)
-    if libc.unshare(flags) != 0:
+    if _libc.unshare(flags) != 0:
         return info
     if not info["root"]:  # be root inside our own user namespace: enough for mount and chroot
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
-    ms_nosuid, ms_nodev, ms_noexec, ms_rec, ms_private = 2, 4, 8, 0x4000, 0x40000
-    if libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
+    ms_rec, ms_private = 0x4000, 0x40000
+    if _libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
         return info
-    opts = f"size={TMPFS_BYTES},mode=0711".encode()
-    if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", ms_nosuid | ms_nodev | ms_noexec, opts) != 0:
+    # Holds only the mount points of the tests' own tmpfs (_mount_test_dir).
+    opts = b"size=1m,nr_inodes=1024,mode=0711"
+    if _libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, opts) != 0:
         return info
     info["namespaces"] = info["chroot"] = True
     return info
@@ -110,18 +120,41 @@ class Zygote:
         self.code = None
         self.fn_name = None
         self.counter = 0
+        self.pid = os.getpid()
         atexit._clear()  # children run atexit handlers of the solution only
         gc.freeze()  # children then do not touch (and copy) the pre-imported objects' pages
 
     def serve(self) -> None:
-        ipc.send(self.replies, {"pid": os.getpid(), "uid": self.uid, **self.isolation})
+        ipc.send(self.replies, {"pid": self.pid, "uid": self.uid, **self.isolation})
         while True:
-            try:
-                op, payload = ipc.recv(self.requests)
-            except EOFError:
+            # Each solution is served by a fork of this pristine zygote, which never reads a
+            # request: the solution, its inputs and whatever was allocated for them die with
+            # the fork, so no later child finds them in inherited (freed) memory - a sibling
+            # sample's accepted source, say. Forked ahead: it waits for the next request.
+            pid = os.fork()
+            if pid == 0:
+                self._serve_one_solution()
+            _, status = os.waitpid(pid, 0)
+            if status != 0:  # the grader is gone (or a crash): end, as a lost zygote
                 return
-            if op != "stop":  # a stop that raced the end of a run has nothing left to stop
-                getattr(self, "op_" + op)(**payload)
+
+    def _serve_one_solution(self) -> None:
+        """Never returns. Requests up to the end of one solution's run; exit status 0 when
+        served, 1 when the grader went away or anything failed."""
+        served = False
+        try:
+            if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or \
+                    os.getppid() != self.pid:
+                os._exit(1)
+            while not served:
+                op, payload = ipc.recv(self.requests)
+                if op != "stop":  # a stop that raced the end of a run has nothing left to stop
+                    served = getattr(self, "op_" + op)(**payload)
+        except EOFError:
+            pass
+        except BaseException:  # noqa: BLE001 - report it; the grader then restarts the zygote
+            traceback.print_exc()
+        os._exit(0 if served else 1)
 
     def _stop_requested(self, block: bool) -> bool:
         """Read a pending request, which can only be "stop"; exit if the grader is gone."""
@@ -133,7 +166,8 @@ class Zygote:
             os._exit(1)
         return op == "stop"
 
-    def op_load(self, code: str, fn_name: str | None) -> None:
+    def op_load(self, code: str, fn_name: str | None) -> bool:
+        """Compile the solution; True when that ends it (a syntax error)."""
         self.code = None
         self.fn_name = fn_name
         # Tracebacks in the child cannot read solution.py from disk: give them the source.
@@ -142,10 +176,11 @@ class Zygote:
             self.code = compile(code, "solution.py", "exec", dont_inherit=True)
         except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
             ipc.send(self.replies, {"syntax_error": f"{type(e).__name__}: {e}"})
-            return
+            return True
         ipc.send(self.replies, {"ok": True})
+        return False
 
-    def op_run(self, inputs: list[str], **limits) -> None:
+    def op_run(self, inputs: list[str], **limits) -> bool:
         """Run the tests in order, sending each result as soon as it is known, so the grader
         judges test k while test k+1 runs. A "stop" from the grader (first failure) ends the
         run, killing a test already started; then {"done": True}."""
@@ -157,13 +192,16 @@ class Zygote:
                 break
             ipc.send(self.replies, {"index": index, **result})
         ipc.send(self.replies, {"done": True})
+        return True
 
     def _run_one(self, stdin: str, time_limit: float, memory_bytes: int, output_cap: int,
                  max_threads: int) -> dict | None:
         self.counter += 1
-        root = os.path.join(self.base, f"t{self.counter}")
+        root = os.path.join(self.base, f"t{os.getpid()}-{self.counter}")
         os.mkdir(root, 0o700)
-        if self.uid is not None:
+        if self.isolation["chroot"]:
+            _mount_test_dir(root, self.uid)
+        elif self.uid is not None:
             os.chown(root, self.uid, self.uid)
         call = self.fn_name is not None
         fds = [os.memfd_create(name) for name in ("stdin", "stdout", "stderr", "status")]
@@ -190,6 +228,7 @@ class Zygote:
             if outcome == "stopped":
                 return None
             ready = os.read(ready_r, 1) == b"R"
+            report = _collect(fds[3], "status", output_cap)
             return {
                 "exit": os.waitstatus_to_exitcode(status),
                 "timed_out": outcome == "timed_out",
@@ -199,12 +238,20 @@ class Zygote:
                 "ready": ready,
                 **_collect(fds[1], "stdout", output_cap),
                 **_collect(fds[2], "stderr", STDERR_TAIL),
-                **_collect(fds[3], "status", output_cap),
+                **report,
+                "status": _clean_status(report["status"]),
             }
         finally:
             for fd in (*fds, ready_r):
                 os.close(fd)
-            shutil.rmtree(root, ignore_errors=True)
+            if self.isolation["chroot"]:
+                # Frees the whole tree at once, however deep or large the program made it
+                # (rmtree can fail on a deep one, leaving it to fill the disk for later tests).
+                if _libc.umount2(root.encode(), _MNT_DETACH) != 0:
+                    raise OSError(ctypes.get_errno(), f"umount {root}")
+                os.rmdir(root)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
 
     def _wait(self, pid: int, deadline: float) -> str:
         """Wait for the child until the wall-clock deadline, then kill its whole group.
@@ -241,6 +288,35 @@ def _kill(pid: int) -> None:
             kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _mount_test_dir(path: str, uid: int | None) -> None:
+    """A tmpfs of the test's own, owned by the slot uid, with its size and file count capped."""
+    opts = f"size={TMPFS_BYTES},nr_inodes={TMPFS_INODES},mode=0700"
+    if uid is not None:
+        opts += f",uid={uid},gid={uid}"
+    if _libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                   opts.encode()) != 0:
+        raise OSError(ctypes.get_errno(), f"mount tmpfs on {path}")
+
+
+# The child's status is its fd 3, which the solution can write too (or fill with garbage and
+# _exit). Pass on only the keys and types the child writes, so nothing forged there can make the
+# grader raise (deep nesting, a number where it parses a string); a mangled status is empty.
+_STATUS_TYPES = {"ok": bool, "value": str, "typed": str, "unserializable": str, "error": str,
+                 "errno": int, "detail": str}
+
+
+def _clean_status(raw: bytes) -> bytes:
+    try:  # numbers the harness writes are errnos: a long digit string would parse in O(n^2)
+        status = json.loads(raw, parse_int=lambda s: int(s) if len(s) < 20 else None,
+                            parse_float=lambda s: None) if raw else None
+    except (ValueError, RecursionError):
+        return b""
+    if not isinstance(status, dict):
+        return b""
+    return json.dumps({k: v for k, v in status.items()
+                       if isinstance(v, _STATUS_TYPES.get(k, ()))}).encode()
 
 
 def _collect(fd: int, name: str, keep: int) -> dict:

@@ -1,0 +1,298 @@
+"""Red-team programs beyond docs/sandbox.md's list: forging the child's result channel, reading
+earlier solutions out of inherited memory, leaving the private directory unusable for later
+tests, raw system calls the filter must catch, and the pool's own edges (shutdown, concurrency,
+a lost zygote). Each checks the verdict and that nothing outside changed (assert_untouched)."""
+import asyncio
+import hashlib
+import os
+import signal
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+
+from sandbox import SandboxPool, Verdict
+from sandbox_helpers import assert_untouched, call_problem, sandbox_processes, stdin_problem
+
+AC, RE, WA, TL = Verdict.ACCEPTED, Verdict.RUNTIME_ERROR, Verdict.WRONG_ANSWER, Verdict.TIME_LIMIT
+LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+
+
+def grade(pool, code, tests=(("", "ok"),), **kw):
+    return pool.grade(stdin_problem(list(tests)), textwrap.dedent(code), **kw)
+
+
+# ---- the result channel: fd 3 is the child's status file, and the solution can write it ----
+
+@pytest.mark.parametrize("forged, verdict", [
+    (b"[" * 200_000, RE),  # json.loads in the grader raised RecursionError
+    (b'{"ok": true, "value": 5}', RE),  # a number where the grader json-decodes a string
+    (b'{"ok": true, "value": ["ok"], "typed": {"opaque": 1}}', RE),
+    (b'{"ok": true, "value": "' + b"[" * 100_000 + b'"}', WA),
+    (b'{"ok": true, "errno": ' + b"9" * 100_000 + b"}", RE),  # a slow int parse
+    (b"\xff\xfe not json", RE),
+    (b'["ok"]', RE),
+])
+def test_forged_status_cannot_crash_the_grader(pool, marker, forged, verdict):
+    # Write a fake status, then leave before the harness writes the real one. The grader must
+    # give a verdict (never raise), and a forged status is never better than an honest one.
+    code = f"import os\nos.write(3, {forged!r})\nos._exit(0)\ndef f(a):\n    return a\n"
+    assert pool.grade(call_problem("f", [("1", '"ok"')]), code).verdict is verdict
+    stdin = pool.grade(stdin_problem([("", "ok")]), code)
+    assert stdin.verdict is WA  # stdin verdicts come from the captured stdout: empty here
+    assert_untouched(pool, marker)
+
+
+def test_status_written_before_the_harness_and_stdout_redirected(pool, marker):
+    code = """
+    import os
+    os.write(3, b'{"ok": true, "value": "\\\\"ok\\\\""}')
+    os.dup2(3, 1)
+    print('{"ok": true}')
+    """
+    assert grade(pool, code).verdict is WA
+    call = "import os\nos.write(3, b'{\"ok\": true, \"value\": \"1\"}')\ndef f(a):\n    return 2\n"
+    assert pool.grade(call_problem("f", [("1", "1")]), call).verdict is not AC
+    assert_untouched(pool, marker)
+
+
+# ---- memory inherited from the zygote ----
+
+SCANNER = """
+import ctypes, hashlib, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+r, w = os.pipe()
+vec = ctypes.create_string_buffer(1)
+WANT = {want!r}
+found = set()
+
+def readable(a):  # mapped (mincore) and readable (write to a pipe gives EFAULT otherwise)
+    if libc.mincore(a, 4096, vec) != 0 or libc.write(w, a, 4096) != 4096:
+        return False
+    os.read(r, 4096)
+    return True
+
+base = id(object()) & ~0xfff
+for start in range(max(1 << 16, base - (1 << 30)), base + (1 << 30), 1 << 20):
+    data = b"".join(ctypes.string_at(a, 4096) if readable(a) else b"\\0" * 4096
+                    for a in range(start, start + (1 << 20), 4096))
+    for prefix in (b"SIBLING-", b"INPUT-"):
+        i = data.find(prefix)
+        while i >= 0:
+            tail = data[i + len(prefix):i + len(prefix) + 12]
+            if hashlib.sha256(tail).hexdigest() in WANT:
+                found.add(prefix.decode())
+            i = data.find(prefix, i + 1)
+print(sorted(found))
+"""
+
+
+def test_earlier_solutions_and_inputs_are_not_in_inherited_memory(pool, marker):
+    # GRPO grades sibling samples of one prompt one after another on the same zygote: a later
+    # sample must not find an earlier one's source (or earlier problems' inputs) in memory it
+    # inherited. The scanner knows only digests of the secrets, so it cannot find itself.
+    source_secret, input_secret = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    victim = f"# SIBLING-{source_secret}\nprint(input()[::-1])\n"
+    assert grade(pool, victim, [(f"INPUT-{input_secret}", f"{input_secret[::-1]}-TUPNI")]).passed
+    want = {hashlib.sha256(s.encode()).hexdigest() for s in (source_secret, input_secret)}
+    result = grade(pool, SCANNER.format(want=want), [("", "[]")], time_limit=8.0)
+    assert result.verdict is AC, "an earlier solution or input was found in the child's memory"
+    assert_untouched(pool, marker)
+
+
+# ---- the private directory: every test starts with a fresh, empty, usable one ----
+
+def test_deep_directory_tree_is_freed_for_the_next_test(pool, marker):
+    # Deeper than the zygote's open-file limit (20 000 here): rmtree, which holds an fd per
+    # level, left it (and the file at the bottom) behind, so later tests found the disk full.
+    code = """
+    import os
+    try:
+        for _ in range(21_000):
+            os.mkdir("d")
+            os.chdir("d")
+    except OSError:  # the file-count cap of the test's tmpfs: free one for the file
+        os.chdir("..")
+        os.rmdir("d")
+    open("big", "wb").write(b"x" * (48 << 20))
+    print("ok")
+    """
+    assert grade(pool, code, time_limit=5.0).passed
+    after = "import os\nprint(os.listdir('/'))\nopen('f', 'wb').write(b'x' * (60 << 20))\n"
+    assert grade(pool, after, [("", "[]")]).passed
+    assert_untouched(pool, marker)
+
+
+def test_inode_bomb_is_capped(pool, marker):
+    # tmpfs `size` does not count inodes (kernel memory): millions of empty directories ate
+    # memory and then took the zygote longer to remove than the grader waits (sandbox_error).
+    code = """
+    import errno, os
+    n = 0
+    try:
+        while True:
+            os.mkdir(f"d{n}")
+            n += 1
+    except OSError as e:
+        print(n < 100_000, e.errno == errno.ENOSPC)
+    """
+    start = time.monotonic()
+    assert grade(pool, code, [("", "True True")], time_limit=10.0).passed
+    assert time.monotonic() - start < 5
+    assert grade(pool, "import os\nprint(os.listdir('/'))\nos.mkdir('x')", [("", "[]")]).passed
+    assert_untouched(pool, marker)
+
+
+# ---- raw system calls ----
+
+INT80 = LIBC + """
+import mmap
+m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+m.write(bytes([0xb8, 20, 0, 0, 0, 0xcd, 0x80, 0xc3]))  # mov eax, 20 (i386 getpid); int 0x80; ret
+print(ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))())
+"""
+
+
+def test_i386_abi_through_int80_kills_the_process(pool, marker):
+    result = grade(pool, INT80)
+    assert result.verdict is RE and result.tests[0].exit_code == -signal.SIGSYS
+    assert_untouched(pool, marker)
+
+
+def test_process_creation_by_raw_system_calls(pool, marker):
+    code = LIBC + textwrap.dedent(f"""
+    args = (ctypes.c_uint64 * 11)()
+    out = []
+    for flags in (0, 0x100, 0x100 | 0x800 | 0x10000, 0x10000000, 1 << 33):  # clone3: ENOSYS
+        args[0] = flags
+        out.append((libc.syscall(435, args, 88), ctypes.get_errno()))
+    out.append((libc.syscall(56, 0x100 | 17, 0, 0, 0, 0), ctypes.get_errno()))  # clone, VM, no THREAD
+    out.append((libc.syscall(58), ctypes.get_errno()))  # vfork
+    for nr in (319, 323, 298):  # memfd_create, userfaultfd, perf_event_open
+        out.append((libc.syscall(nr, 0, 0, 0, 0, 0), ctypes.get_errno()))
+    print(out)  # {marker}
+    """)
+    expected = str([(-1, 38)] * 5 + [(-1, 1)] * 5)
+    assert grade(pool, code, [("", expected)]).passed
+    assert_untouched(pool, marker)
+
+
+def test_resources_and_scheduling_of_other_processes(pool, marker):
+    # prlimit, sched_setaffinity and tgkill are allowed for the program's own use; on the
+    # zygote or pid 1 the kernel refuses them (another uid, no capabilities).
+    code = LIBC + textwrap.dedent("""
+    import resource
+    out = []
+    for pid in (os.getppid(), 1):
+        for attempt in (lambda: resource.prlimit(pid, resource.RLIMIT_NOFILE, (0, 0)),
+                        lambda: os.sched_setaffinity(pid, {0}),
+                        lambda: os.sched_setaffinity(pid, {0}) if libc.syscall(234, pid, pid, 9) else 0):
+            try:
+                attempt()
+                out.append("done")
+            except OSError as e:
+                out.append(e.errno)
+    raised = []
+    for res in (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
+        soft, hard = resource.getrlimit(res)
+        try:
+            resource.setrlimit(res, (hard, resource.RLIM_INFINITY))
+            raised.append(res)
+        except (ValueError, OSError):
+            pass
+    print(out, raised)
+    """)
+    assert grade(pool, code, [("", "[1, 1, 1, 1, 1, 1] []")]).passed
+    assert_untouched(pool, marker)
+
+
+@pytest.mark.parametrize("attack", ["os.nice(-5)", "os.nice(1)", "os.mkfifo('f')",
+                                    "os.symlink('/', 'l')", "os.link('/', 'l')"])
+def test_unlisted_calls_kill(pool, marker, attack):
+    result = grade(pool, f"import os\n{attack}\nprint('ok')")
+    assert result.verdict is RE and result.tests[0].exit_code == -signal.SIGSYS
+    assert_untouched(pool, marker)
+
+
+# ---- output edge cases ----
+
+@pytest.mark.parametrize("code, verdict", [
+    ("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe\\x00ok\\n')", WA),  # invalid UTF-8
+    ("import os\nprint('ok')\nos._exit(0)", WA),  # never flushed: nothing was printed
+    ("import os\nos.close(1)\nos.close(2)\nprint('ok')", RE),
+    ("import sys\nsys.stderr.write('x' * (8 << 20))\nprint('ok')", AC),  # no newline, tail kept
+])
+def test_output_edge_cases(pool, marker, code, verdict):
+    result = grade(pool, code)
+    assert result.verdict is verdict and len(result.tests[0].stderr) <= 1000
+    assert_untouched(pool, marker)
+
+
+# ---- the pool ----
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running, after a moment to die in (a zombie waiting for its reaper counts as dead)."""
+    for _ in range(50):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in "ZX":
+                    return False
+        except FileNotFoundError:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_grade_during_and_after_close():
+    problem = stdin_problem([("", "ok")])
+    pool = SandboxPool(workers=1, time_limit=3.0)
+    zygote = pool._workers[0].proc
+    results = []
+    runner = threading.Thread(target=lambda: results.append(
+        pool.grade(problem, "import time\ntime.sleep(0.5)\nprint('ok')")))
+    runner.start()
+    time.sleep(0.2)
+    servers = _children(zygote.pid)  # the fork serving the grade (root: not a sandbox uid)
+    pool.close()  # waits for the grade in progress instead of killing its zygote under it
+    runner.join()
+    assert results[0].passed
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.grade(problem, "print('ok')")  # it used to start a zygote that nothing stopped
+    assert all(w.proc is None for w in pool._workers) and zygote.poll() is not None
+    assert servers and not any(map(_alive, servers))
+
+
+def test_many_concurrent_grade_async(pool, marker):
+    problem = stdin_problem([("3", "9"), ("4", "16")])
+
+    async def main():
+        return await asyncio.gather(*[
+            pool.grade_async(problem, f"n = int(input())\nprint(n * n{' + 1' * (i % 2)})")
+            for i in range(24)])
+    results = asyncio.run(main())
+    assert [r.verdict for r in results] == [AC, WA] * 12
+    assert_untouched(pool, marker)
+
+
+def test_job_rerun_when_the_process_serving_it_dies(pool):
+    # The zygote serves each solution from a fork; losing that fork loses no job either.
+    worker = pool._workers[0]
+    old_pid = worker.proc.pid
+
+    server = _children(old_pid)[0]  # forked ahead, waiting for the next solution
+    killer = threading.Timer(0.5, os.kill, (server, signal.SIGKILL))
+    killer.start()
+    result = pool.grade(stdin_problem([("", "ok")]), "import time\ntime.sleep(1)\nprint('ok')",
+                        time_limit=3.0)
+    killer.join()
+    assert result.passed and worker.proc.pid != old_pid
+    assert sandbox_processes(pool) == [] and not _alive(server)
