@@ -1,0 +1,133 @@
+"""Greedy decode throughput: models.sampler.generate against transformers' generate, same weights.
+
+Both run in this one process on the same CPU cores (torch gets one thread per core, and is also timed
+with one thread). A decode step reads every weight once, so the time to stream the weights at this
+machine's memory bandwidth is the floor for a step at small batch; the benchmark measures that
+bandwidth and reports how close each implementation gets to it.
+
+    python benchmarks/decode.py            # ~100M-parameter Qwen3, batch 8, 128 new tokens
+    python benchmarks/decode.py --quick    # a smaller model and fewer tokens
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+import models
+from models.sampler import generate
+
+FULL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, head_dim=64,
+            intermediate_size=2048, vocab_size=32768, tie_word_embeddings=True)
+QUICK = dict(FULL, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=768, vocab_size=8192)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best is reported")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (1 is timed too)")
+    p.add_argument("--quick", action="store_true", help="small model, 32 new tokens")
+    return p.parse_args(argv)
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> tuple[float, str]:
+    """Best read bandwidth (bytes/s) over a few ways of summing a gib-sized float32 array."""
+    n = int(gib * 2**30) // 4
+    x_np = np.ones(n, np.float32)
+    x_jax = jnp.asarray(x_np)
+    x_torch = torch.from_numpy(x_np)
+    jax_sum = jax.jit(jnp.sum)
+    jax_sum(x_jax).block_until_ready()
+    ways = {"numpy sum": lambda: x_np.sum(), "torch sum": lambda: x_torch.sum(),
+            "jax sum": lambda: jax_sum(x_jax).block_until_ready()}
+    rates = {name: x_np.nbytes / best_time(fn, repeats) for name, fn in ways.items()}
+    name = max(rates, key=rates.get)
+    detail = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in rates.items())
+    return rates[name], f"{name} of {gib:g} GiB ({detail} GB/s)"
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.quick:
+        args.new_tokens = min(args.new_tokens, 32)
+    hf_kwargs = QUICK if args.quick else FULL
+    B, T, N = args.batch, args.prompt_len, args.new_tokens
+    torch_threads = list(dict.fromkeys((1, args.threads)))
+
+    torch.manual_seed(0)
+    hf_model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**hf_kwargs, max_position_embeddings=4096))
+    hf_model = hf_model.eval()
+    hf_model.generation_config.eos_token_id = None  # every run decodes exactly N tokens
+    with tempfile.TemporaryDirectory() as folder:
+        hf_model.save_pretrained(folder)
+        cfg, params = models.load_hf(folder, remat="none")
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    # A decode step reads every weight except the embedding table (only B rows are gathered), unless tied.
+    step_bytes = sum(x.nbytes for x in jax.tree.leaves(params)) - (0 if cfg.tie_word_embeddings else
+                                                                    params["embed"].nbytes)
+    print(f"config: Qwen3 {hf_kwargs} = {n_params / 1e6:.1f}M parameters, float32")
+    print(f"run: batch {B}, prompt {T} tokens, {N} new tokens, greedy; {os.cpu_count()} cores, "
+          f"torch threads {torch_threads}, jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"torch {torch.__version__}, transformers {transformers.__version__}")
+
+    prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T))
+    ids = torch.from_numpy(prompts)
+
+    def run_jax(n):
+        return generate(params, cfg, prompts.tolist(), max_new_tokens=n, temperature=0.0)
+
+    def run_torch(n):
+        with torch.inference_mode():
+            return hf_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                     min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+    bandwidth, how = memory_bandwidth()
+    limit = step_bytes / bandwidth
+    print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s, best of {how}")
+    print(f"weights streamed per decode step: {step_bytes / 1e6:.0f} MB -> {limit * 1e3:.1f} ms per step at that "
+          "bandwidth (the decode limit)")
+    print(f"{'':<16} {'tokens/s':>9} {'total s':>8} {'ms/step':>8} {'step / limit':>12}", flush=True)
+
+    def measure(name, fn):
+        fn(N), fn(1)  # warm up: compilation, allocator, thread pools
+        total, prefill = best_time(lambda: fn(N), args.repeats), best_time(lambda: fn(1), args.repeats)
+        step = (total - prefill) / (N - 1)
+        print(f"{name:<16} {B * N / total:>9.1f} {total:>8.2f} {step * 1e3:>8.1f} {step / limit:>12.2f}", flush=True)
+        return total
+
+    ours = measure("models.generate", run_jax)
+    # On a busy machine torch's spinning thread pool can be far slower with more threads than cores
+    # are free, so transformers is also timed single-threaded and the faster of the two is the baseline.
+    theirs = {}
+    for threads in torch_threads:
+        torch.set_num_threads(threads)
+        theirs[f"transformers {threads}t"] = measure(f"transformers {threads}t", run_torch)
+    baseline = min(theirs, key=theirs.get)
+    print(f"speedup models.generate / {baseline}: {theirs[baseline] / ours:.2f}x (tokens/s, prefill included)")
+    agree = np.mean(np.array([c.token_ids for c in run_jax(N)]) == run_torch(N)[:, T:].numpy())
+    print(f"greedy tokens agreeing with transformers: {agree:.1%}")
+
+
+if __name__ == "__main__":
+    main()
