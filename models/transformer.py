@@ -31,7 +31,8 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
 
 
-def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache_kv):
+def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache_kv=None):
+    """One pre-norm block. cache_kv holds this layer's [B, S, K, H] keys/values; returns the new ones."""
     layer = jax.tree.map(lambda w: w.astype(cfg.dtype), layer)
     h_BTD = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
     q_BTNH = jnp.einsum("BTD,DNH->BTNH", h_BTD, layer["q"])
@@ -48,12 +49,11 @@ def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offs
     else:
         k_BSKH = jax.lax.dynamic_update_slice_in_dim(cache_kv["k"], k_BTKH, q_offset, axis=1)
         v_BSKH = jax.lax.dynamic_update_slice_in_dim(cache_kv["v"], v_BTKH, q_offset, axis=1)
-        cache_kv = {"k": k_BSKH, "v": v_BSKH}
     attn_BTNH = attention(cfg, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)
     x_BTD = x_BTD + jnp.einsum("BTNH,NHD->BTD", attn_BTNH, layer["o"])
     h_BTD = rms_norm(x_BTD, layer["mlp_norm"], cfg.rms_norm_eps)
     x_BTD = x_BTD + swiglu_mlp(h_BTD, layer["gate"], layer["up"], layer["down"])
-    return x_BTD, cache_kv
+    return x_BTD, (k_BTKH, v_BTKH)
 
 
 def hidden_states(params, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, cache=None, q_offset=0):
@@ -65,14 +65,28 @@ def hidden_states(params, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT
     x_BTD = params["embed"].astype(cfg.dtype)[tokens_BT]
     cos, sin = rope_tables(cfg, positions_BT)
 
-    def step(x_BTD, xs):
-        layer, cache_kv = xs
-        return _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache_kv)
+    if cache is None:
+        def step(x_BTD, layer):
+            x_BTD, _ = _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset)
+            return x_BTD, None
 
-    if cfg.remat != "none":
-        step = jax.checkpoint(step, policy=REMAT[cfg.remat], prevent_cse=False)
-    x_BTD, new_cache = jax.lax.scan(step, x_BTD, (params["layers"], cache))
-    return rms_norm(x_BTD, params["final_norm"], cfg.rms_norm_eps), new_cache
+        if cfg.remat != "none":
+            step = jax.checkpoint(step, policy=REMAT[cfg.remat], prevent_cse=False)
+        x_BTD, _ = jax.lax.scan(step, x_BTD, params["layers"])
+    else:
+        # The cache rides in the carry and only the new slots are written, so XLA updates it in place
+        # instead of copying all L x S keys and values on every decode step.
+        def step(carry, xs):
+            x_BTD, cache = carry
+            layer, i = xs
+            layer_kv = {"k": cache["k"][i], "v": cache["v"][i]}
+            x_BTD, (k_BTKH, v_BTKH) = _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, layer_kv)
+            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BTKH[None], (i, 0, q_offset, 0, 0)),
+                     "v": jax.lax.dynamic_update_slice(cache["v"], v_BTKH[None], (i, 0, q_offset, 0, 0))}
+            return (x_BTD, cache), None
+
+        (x_BTD, cache), _ = jax.lax.scan(step, (x_BTD, cache), (params["layers"], jnp.arange(cfg.num_layers)))
+    return rms_norm(x_BTD, params["final_norm"], cfg.rms_norm_eps), cache
 
 
 def unembedding(params, cfg: ModelConfig) -> jax.Array:
