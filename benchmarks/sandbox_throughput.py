@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 
 from sandbox import Problem, SandboxPool
-from sandbox.compare import return_matches, stdout_matches
+from sandbox.compare import encode_return, stdout_matches, typed_return_matches
 
 STDIN_CODE = "a, b = map(int, input().split())\nprint(a + b)\n"
 CALL_CODE = "class Solution:\n    def add(self, a: int, b: int) -> int:\n        return a + b\n"
@@ -46,8 +46,10 @@ def make_problems(n_tests: int, call: bool, rng: random.Random) -> list[Problem]
 
 
 def process_cpu(pid: int) -> float:
+    """CPU of a zygote and of its reaped descendants: each solution's server fork (reaped when
+    the solution ends) and, through it, the test children it reaped."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
 
 
 def run_pool(pool: SandboxPool, problems: list[Problem], code: str) -> dict:
@@ -55,11 +57,15 @@ def run_pool(pool: SandboxPool, problems: list[Problem], code: str) -> dict:
     z0, p0, t0 = sum(map(process_cpu, zygotes)), time.process_time(), time.perf_counter()
     results = pool.grade_many([(p, code) for p in problems], all_tests=True)
     wall = time.perf_counter() - t0
+    grader = time.process_time() - p0
+    time.sleep(0.2)  # lets each zygote reap the server of its last solution
     tests = [t for r in results for t in r.tests]
     assert all(r.passed for r in results), [r for r in results if not r.passed][:1]
     assert [w.proc.pid for w in pool._workers] == zygotes, "a zygote was restarted"
-    cpu = (time.process_time() - p0) + (sum(map(process_cpu, zygotes)) - z0) + sum(t.cpu_time for t in tests)
-    return {"tests": len(tests), "wall": wall, "rate": len(tests) / wall, "cpu_per_test": cpu / len(tests)}
+    sandbox = sum(map(process_cpu, zygotes)) - z0  # zygotes + servers + children
+    children = sum(t.cpu_time for t in tests)
+    return {"tests": len(tests), "wall": wall, "rate": len(tests) / wall, "cpu_per_test": (grader + sandbox) / len(tests),
+            "split": (grader / len(tests), (sandbox - children) / len(tests), children / len(tests))}
 
 
 def run_baseline(problems: list[Problem], code: str, call: bool, workers: int) -> dict:
@@ -71,7 +77,9 @@ def run_baseline(problems: list[Problem], code: str, call: bool, workers: int) -
         def one(test) -> bool:
             out = subprocess.run([sys.executable, path], input=test.input, capture_output=True,
                                  text=True, cwd=tmp, timeout=60).stdout
-            return return_matches(out, test.output) if call else stdout_matches(out, test.output)
+            if call:
+                return typed_return_matches(encode_return(json.loads(out)), test.output)
+            return stdout_matches(out, test.output)
 
         tests = [t for p in problems for t in p.tests]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -94,7 +102,7 @@ def own_cpu(problems: list[Problem], code: str, call: bool) -> float:
         g = {"__name__": "__main__"}
         if call:
             exec(compiled, g)
-            json.dumps(g["Solution"]().add(*[json.loads(l) for l in t.input.split("\n")]))
+            encode_return(g["Solution"]().add(*[json.loads(l) for l in t.input.split("\n")]))
         else:
             sys.stdin = io.StringIO(t.input)
             with redirect_stdout(io.StringIO()):
@@ -122,7 +130,8 @@ def main() -> None:
             mine = own_cpu(problems, code, call)
             print(f"\n[{kind}]")
             print(f"  sandbox pool : {sb['rate']:7.1f} tests/s  ({sb['tests']} tests in {sb['wall']:.2f} s), "
-                  f"CPU {sb['cpu_per_test'] * 1e3:.2f} ms/test")
+                  f"CPU {sb['cpu_per_test'] * 1e3:.2f} ms/test (grader {sb['split'][0] * 1e3:.2f}, "
+                  f"zygote + server {sb['split'][1] * 1e3:.2f}, child {sb['split'][2] * 1e3:.2f})")
             print(f"  fresh python : {base['rate']:7.1f} tests/s  ({base['tests']} tests in {base['wall']:.2f} s), "
                   f"CPU {base['cpu_per_test'] * 1e3:.2f} ms/test")
             print(f"  ratio        : {sb['rate'] / base['rate']:.1f}x tests/s, "

@@ -10,7 +10,7 @@ objects) and compares it the way LiveCodeBench does.
 from __future__ import annotations
 
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
 from fractions import Fraction
 
 from .problem import loads_json
@@ -21,8 +21,14 @@ FLOAT_TOLERANCE = 1e-4
 def _numbers(line: str) -> list[Decimal] | None:
     try:
         return [Decimal(tok) for tok in line.split()]
-    except InvalidOperation:
+    except ArithmeticError:  # LCB: any failure means "not numbers" (e.g. an exponent past 10**18)
         return None
+
+
+# Tolerance arithmetic on untrusted numbers: exponents of any size Decimal parses (up to about
+# 10**18), with overflow and underflow giving infinities and zeros instead of raising. Only an
+# invalid operation (a signalling NaN) still raises, as in LCB's plain comparison.
+_TOLERANCE_CONTEXT = Context(prec=28, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOperation])
 
 
 def _line_equal(got: str, want: str, tolerance: float | None) -> bool | None:
@@ -34,11 +40,12 @@ def _line_equal(got: str, want: str, tolerance: float | None) -> bool | None:
     try:
         if tolerance is None:
             return a == b
-        tol = Decimal(str(tolerance))
+        ctx, tol = _TOLERANCE_CONTEXT, Decimal(str(tolerance))
         # NaN compares unequal and infinities must match exactly, as with plain Decimal equality.
-        return all(x == y or (x.is_finite() and y.is_finite() and abs(x - y) <= tol * max(1, abs(y)))
+        return all(x == y or (x.is_finite() and y.is_finite() and
+                              ctx.abs(ctx.subtract(x, y)) <= ctx.multiply(tol, max(Decimal(1), ctx.abs(y))))
                    for x, y in zip(a, b))
-    except InvalidOperation:  # "sNaN" parses, but comparing it raises: LCB's grader errors out
+    except ArithmeticError:  # "sNaN" parses, but comparing it raises: LCB's grader errors out
         return None
 
 
@@ -56,19 +63,6 @@ def stdout_matches(got: str, want: str, tolerance: float | None = None) -> bool 
         if not equal:
             return equal
     return True
-
-
-def return_matches(got_json: str, want_json: str, unwrap: bool = False) -> bool:
-    """`==` on JSON values (plain `json.dumps` of the return value, so tuples became lists). With
-    `unwrap`, a TACO expected value wrapped in a one-element list also matches its element.
-    Prefer `typed_return_matches`, which keeps the return value's Python types."""
-    try:
-        got, want = loads_json(got_json), loads_json(want_json)
-    except (ValueError, RecursionError):
-        return False
-    if got == want:
-        return True
-    return unwrap and isinstance(want, list) and len(want) == 1 and got == want[0]
 
 
 # ---- typed return values ----
@@ -166,23 +160,44 @@ def _decode(v):
     if tag == "decimal" and isinstance(body, str):
         return Decimal(body)
     if tag == "fraction" and isinstance(body, list) and len(body) == 2:
-        return Fraction(int(body[0]), int(body[1]))
+        return Fraction(_small_int(body[0]), _small_int(body[1]))
     if tag == "complex" and isinstance(body, list) and len(body) == 2:
         return complex(float(body[0]), float(body[1]))
     if tag == "npscalar" and isinstance(body, list) and len(body) == 2:
         import numpy as np
         dtype = _numpy_dtype(np, body[0])
-        return dtype.type(_decode(body[1]))
+        return dtype.type(_decode_numpy(body[1]))
     if tag == "ndarray" and isinstance(body, list) and len(body) == 3:
         import numpy as np
         dtype = _numpy_dtype(np, body[0])
         shape = body[1]
         if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
             raise DecodeError("bad ndarray shape")
-        return np.array(_decode(body[2]), dtype=dtype).reshape(shape)
+        return np.array(_decode_numpy(body[2]), dtype=dtype).reshape(shape)
     if tag == "opaque":
         return Opaque(str(body))
     raise DecodeError(f"unknown tag {tag!r}")
+
+
+def _small_int(v) -> int:
+    # A JSON integer of 4000+ digits arrives as a Decimal; converting that to an int takes time
+    # quadratic in its length (minutes for a forged million-digit one): refused, never converted.
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise DecodeError("expected an integer of under 4000 digits")
+
+
+def _decode_numpy(v):
+    """The contents of a numpy scalar or array: lists, bools, small ints, floats, strings and
+    complex numbers only (numpy would convert anything else with int(), e.g. a Decimal
+    1e999999999 into a billion-digit int)."""
+    if isinstance(v, list):
+        return [_decode_numpy(x) for x in v]
+    if isinstance(v, dict) and len(v) == 1 and "complex" in v:
+        return _decode(v)
+    if v is None or isinstance(v, (bool, int, float, str)):  # (a 4000+-digit int is a Decimal)
+        return v
+    raise DecodeError("bad numpy contents")
 
 
 def _numpy_dtype(np, text):
@@ -191,6 +206,8 @@ def _numpy_dtype(np, text):
     dtype = np.dtype(text)
     if dtype.kind not in _NUMPY_KINDS:
         raise DecodeError("dtype not allowed")
+    if dtype.kind == "U":  # "<U99999999" would make every element 400 MB: let numpy size it
+        dtype = np.dtype((np.str_, 0)).newbyteorder(dtype.byteorder)
     return dtype
 
 

@@ -6,7 +6,7 @@ import json
 import signal
 from dataclasses import dataclass
 
-from .compare import FLOAT_TOLERANCE, return_matches, stdout_matches, typed_return_matches
+from .compare import FLOAT_TOLERANCE, stdout_matches, typed_return_matches
 from .problem import Problem, Test
 from .results import GradeResult, TestResult, Verdict
 
@@ -65,12 +65,7 @@ def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: in
     """Verdict of one test from what the zygote observed; only here do expected outputs appear."""
     if not run["ready"]:
         return Verdict.SANDBOX_ERROR
-    try:
-        status = json.loads(run["status"]) if run["status"] else {}
-        if not isinstance(status, dict):
-            status = {}
-    except ValueError:
-        status = {}
+    status = parse_status(run["status"])
     code = run["exit"]
     if run["timed_out"] or code == -signal.SIGXCPU or (code == -signal.SIGKILL and run["cpu"] >= time_limit):
         return Verdict.TIME_LIMIT
@@ -82,21 +77,16 @@ def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: in
     if error == "MemoryError" or status.get("errno") == errno.ENOMEM or (
             code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT, -signal.SIGKILL) and near_limit):
         return Verdict.MEMORY_LIMIT
-    # LiveCodeBench swallows SystemExit around a stdin program whatever its code: exit(1),
-    # exit("msg") and raise SystemExit(2) after printing the answer pass there, and so here.
-    stdin_exit = not call_based and error == "SystemExit" and code == 1
-    if (code != 0 or error) and not stdin_exit:
+    # (A stdin program's SystemExit, whatever its code, ends it normally in the child, as in
+    # LiveCodeBench: it is judged on its output.)
+    if code != 0 or error:
         return Verdict.RUNTIME_ERROR
     if call_based:
-        if "typed" in status:  # the return value with its Python types (compare.encode_return)
-            ok = typed_return_matches(status["typed"], test.output, test.unwrap)
-            if ok is None:  # LCB's own comparison raised (e.g. a 2-element numpy array)
-                return Verdict.RUNTIME_ERROR
-        elif "unserializable" in status:
-            return Verdict.WRONG_ANSWER  # a set or an object never equals a JSON value
-        elif "value" in status:
-            ok = return_matches(status["value"], test.output, test.unwrap)
-        else:  # e.g. os._exit(0) inside the function
+        if "typed" not in status:  # e.g. os._exit(0) inside the function
+            return Verdict.RUNTIME_ERROR
+        # The return value with its Python types (compare.encode_return).
+        ok = typed_return_matches(status["typed"], test.output, test.unwrap)
+        if ok is None:  # LCB's own comparison raised (e.g. a 2-element numpy array)
             return Verdict.RUNTIME_ERROR
     else:
         tolerance = FLOAT_TOLERANCE if opts.float_tolerance else None
@@ -104,3 +94,24 @@ def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: in
         if ok is None:  # LCB's comparison raised ("sNaN"): its verdict is a runtime error
             return Verdict.RUNTIME_ERROR
     return Verdict.ACCEPTED if ok else Verdict.WRONG_ANSWER
+
+
+# The child's status (its fd 3) is written by the harness, but the solution can write it too.
+# The zygote already passes on only the keys and types the harness writes; the grader does not
+# rely on that and checks again: a forged status can fail a test, never crash the grader.
+_STATUS_TYPES = {"ok": bool, "typed": str, "error": str, "errno": int, "detail": str}
+
+
+def parse_status(raw) -> dict:
+    """The child's status as a dict of known keys with the types the harness writes ({} if mangled)."""
+    if not isinstance(raw, (bytes, str)) or not raw:
+        return {}
+    try:  # numbers the harness writes are errnos: a long digit string would parse in O(n^2)
+        status = json.loads(raw, parse_int=lambda s: int(s) if len(s) < 20 else None,
+                            parse_float=lambda s: None)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return {}
+    if not isinstance(status, dict):
+        return {}
+    return {k: v for k, v in status.items()
+            if isinstance(v, _STATUS_TYPES.get(k, ())) and not (k == "errno" and isinstance(v, bool))}

@@ -26,18 +26,42 @@ _ZYGOTE_ENV = {
 }
 START_TIMEOUT = 120.0
 
+# Slot uid = uid base + zygote pid (unique among live zygotes; pids stay under 2**22). The default
+# lies outside the ranges that are usually handed out: real users (< 60000), systemd's dynamic
+# users and container ranges (up to 1879048191), useradd's subordinate ranges for rootless
+# containers (100000 up to 600100000 by default) and systemd's "foreign" range (from 2147352576);
+# and it stays below 2**31, which some tools mishandle (signed uid_t).
+UID_BASE_ENV = "CODERL_SANDBOX_UID_BASE"
+DEFAULT_UID_BASE = 2_000_000_000
+_PID_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit Linux
+
+
+def resolve_uid_base(value: int | str | None = None) -> int:
+    """The uid base to use: `value`, else $CODERL_SANDBOX_UID_BASE, else the default."""
+    if value is None:
+        value = os.environ.get(UID_BASE_ENV) or DEFAULT_UID_BASE
+    try:
+        base = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"sandbox uid base: not an integer: {value!r}") from None
+    if not 65_536 <= base <= (1 << 32) - 2 - _PID_LIMIT:  # (uid_t)-1 is no uid
+        raise ValueError(f"sandbox uid base {base}: must be in [65536, {(1 << 32) - 2 - _PID_LIMIT}]")
+    return base
+
 
 class Worker:
     """One zygote process, restarted on demand."""
 
-    def __init__(self):
+    def __init__(self, uid_base: int = DEFAULT_UID_BASE):
+        self.uid_base = uid_base
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
     def start(self) -> None:
         self.stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-X", "utf8", "-m", "sandbox.zygote"], stdin=subprocess.PIPE,
+            [sys.executable, "-X", "utf8", "-m", "sandbox.zygote", "--uid-base", str(self.uid_base)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=_ZYGOTE_ENV, cwd="/", close_fds=True)
         try:
             self.info = ipc.recv(self.proc.stdout.fileno(), START_TIMEOUT)
@@ -72,13 +96,15 @@ class Worker:
 
 class SandboxPool:
     """`workers` zygotes (default: one per core). grade() is thread-safe; grade_async() awaits it
-    on the pool's own threads; grade_many() grades a batch in parallel."""
+    on the pool's own threads; grade_many() grades a batch in parallel. `uid_base`: slot uids
+    are uid_base + zygote pid (default: $CODERL_SANDBOX_UID_BASE, else 2 000 000 000)."""
 
-    def __init__(self, workers: int | None = None, **defaults):
+    def __init__(self, workers: int | None = None, *, uid_base: int | None = None, **defaults):
         self.size = workers or os.cpu_count() or 1
         self.defaults = Options(**defaults)
+        base = resolve_uid_base(uid_base)
         self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()
-        self._workers = [Worker() for _ in range(self.size)]
+        self._workers = [Worker(base) for _ in range(self.size)]
         try:
             with ThreadPoolExecutor(self.size) as starter:  # start them side by side
                 list(starter.map(Worker.start, self._workers))

@@ -29,12 +29,12 @@ import types
 
 from . import ipc, seccomp_filter
 from .child import Job, prepare_zygote, run
+from .grader import parse_status
 
 STACK_BYTES = 1 << 30  # main-thread stack room for deep recursion; reserved at exec time
 TMPFS_BYTES = 64 << 20  # disk budget of one test's private directory
 TMPFS_INODES = 16_384  # and its file count: tmpfs inodes are kernel memory that `size` does not cap
 STDERR_TAIL = 2000
-UID_BASE = 100_000  # slot uid = UID_BASE + zygote pid: unique among live zygotes
 
 # Importable by solutions. Lazily imported helpers (_strptime, encodings) are listed explicitly.
 PRELOAD = """
@@ -101,11 +101,15 @@ def _preload() -> dict:
         modules[name] = types.ModuleType(name)
         modules[name].__dict__.update(prelude)
         modules[name].__dict__.update(__name__=name, __builtins__=builtins)
+        # LiveCodeBench's reliability guard sets builtins.quit = None before its preamble's
+        # `from builtins import *` copies it, so `quit()` is a TypeError there. Only the
+        # solution's namespace gets it; the harness's builtins stay as they are.
+        modules[name].__dict__["quit"] = None
     return modules
 
 
 class Zygote:
-    def __init__(self, requests: int, replies: int):
+    def __init__(self, requests: int, replies: int, uid_base: int):
         self.requests, self.replies = requests, replies
         self.isolation = _isolate()
         sys.set_int_max_str_digits(0)  # 5000-digit answers; also lets compile() take big literals
@@ -113,12 +117,14 @@ class Zygote:
         prepare_zygote(self.modules)
         os.environ.clear()  # children inherit an empty environment
         self.bpf = seccomp_filter.build_bpf()
-        self.uid = UID_BASE + os.getpid() if self.isolation["root"] else None
+        # One uid per slot, unique among live zygotes (the pool picks the base: pool.resolve_uid_base).
+        self.uid = uid_base + os.getpid() if self.isolation["root"] else None
         self.base = "/tmp" if self.isolation["chroot"] else tempfile.mkdtemp(prefix="coderl-sbx-")
         if not self.isolation["chroot"]:
             os.chmod(self.base, 0o711)
         self.code = None
         self.fn_name = None
+        self.solution_class = False
         self.counter = 0
         self.pid = os.getpid()
         atexit._clear()  # children run atexit handlers of the solution only
@@ -170,6 +176,7 @@ class Zygote:
         """Compile the solution; True when that ends it (a syntax error)."""
         self.code = None
         self.fn_name = fn_name
+        self.solution_class = "class Solution" in code  # LiveCodeBench decides by the text
         # Tracebacks in the child cannot read solution.py from disk: give them the source.
         linecache.cache["solution.py"] = (len(code), None, code.splitlines(True), "solution.py")
         try:
@@ -209,7 +216,7 @@ class Zygote:
             os.write(fds[0], stdin.encode("utf-8", "surrogateescape"))
             os.lseek(fds[0], 0, os.SEEK_SET)
         ready_r, ready_w = os.pipe()
-        job = Job(self.code, self.fn_name, stdin if call else "", time_limit, memory_bytes,
+        job = Job(self.code, self.fn_name, self.solution_class, stdin if call else "", time_limit, memory_bytes,
                   output_cap, max_threads, self.uid, root, self.isolation["chroot"], os.getpid(),
                   self.bpf, self.modules)
         start = time.monotonic()
@@ -300,23 +307,11 @@ def _mount_test_dir(path: str, uid: int | None) -> None:
         raise OSError(ctypes.get_errno(), f"mount tmpfs on {path}")
 
 
-# The child's status is its fd 3, which the solution can write too (or fill with garbage and
-# _exit). Pass on only the keys and types the child writes, so nothing forged there can make the
-# grader raise (deep nesting, a number where it parses a string); a mangled status is empty.
-_STATUS_TYPES = {"ok": bool, "value": str, "typed": str, "unserializable": str, "error": str,
-                 "errno": int, "detail": str}
-
-
 def _clean_status(raw: bytes) -> bytes:
-    try:  # numbers the harness writes are errnos: a long digit string would parse in O(n^2)
-        status = json.loads(raw, parse_int=lambda s: int(s) if len(s) < 20 else None,
-                            parse_float=lambda s: None) if raw else None
-    except (ValueError, RecursionError):
-        return b""
-    if not isinstance(status, dict):
-        return b""
-    return json.dumps({k: v for k, v in status.items()
-                       if isinstance(v, _STATUS_TYPES.get(k, ()))}).encode()
+    """The child's status is its fd 3, which the solution can write too (or fill with garbage
+    and _exit). Pass on only the keys and types the harness writes; a mangled status is empty.
+    (The grader checks again: grader.parse_status.)"""
+    return json.dumps(parse_status(raw)).encode()
 
 
 def _collect(fd: int, name: str, keep: int) -> dict:
@@ -339,7 +334,7 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
-    Zygote(requests, replies).serve()
+    Zygote(requests, replies, int(sys.argv[sys.argv.index("--uid-base") + 1])).serve()
     os._exit(0)
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from sandbox import Problem, ProblemError, Verdict, extract_code
-from sandbox.compare import return_matches, stdout_matches
+from sandbox.compare import stdout_matches
 from sandbox.grader import run_order
 from sandbox_helpers import call_problem, stdin_problem
 
@@ -89,13 +89,50 @@ def test_missing_function_is_a_runtime_error(pool):
 
 
 @pytest.mark.parametrize("code", ["print(3)\nexit()", "import sys\nprint(3)\nsys.exit(0)",
-                                  "print(3)\nquit()", "import os, sys\nprint(3, flush=True)\nos._exit(0)",
+                                  "import os, sys\nprint(3, flush=True)\nos._exit(0)",
                                   "import sys\nprint(3)\nsys.stdout.close()"])
 def test_exit_after_printing(pool, code):
     assert pool.grade(stdin_problem([("", "3")]), code).verdict is A
 
 
-@pytest.mark.parametrize("code", ["print(3)\nexit(1)", "print(3)\nexit('bye')", "print(3)\nraise SystemExit(2)"])
+@pytest.mark.parametrize("code", ["print(3)\nquit()", "def f(a):\n    quit()\n"])
+def test_quit_is_none_as_in_livecodebench(pool, code):
+    # LCB's reliability guard sets builtins.quit = None before its preamble copies builtins.
+    problem = call_problem("f", [("1", "1")]) if "def f" in code else stdin_problem([("", "3")])
+    result = pool.grade(problem, code)
+    assert result.verdict is Verdict.RUNTIME_ERROR and "NoneType" in result.tests[0].stderr
+    import builtins
+    assert callable(builtins.quit)  # the grader's own builtins are untouched
+
+
+def test_stdin_exit_with_a_code_finishes_like_the_interpreter(pool):
+    # Threads are joined and atexit handlers run, as when the interpreter exits with that code.
+    code = ("import atexit, sys, threading, time\natexit.register(print, 'bye')\n"
+            "threading.Thread(target=lambda: (time.sleep(0.05), print(2))).start()\n"
+            "print(1)\nsys.exit('stopped here')\n")
+    result = pool.grade(stdin_problem([("", "1\n2\nbye")]), code)
+    assert result.verdict is A and result.tests[0].exit_code == 0
+    assert "stopped here" in result.tests[0].stderr  # printed as the interpreter would
+
+
+@pytest.mark.parametrize("code,verdict", [
+    # The text decides, as in LCB: a mention in a comment or string selects Solution().f ...
+    ("# class Solution is not needed\ndef f(a, b):\n    return a + b\n", Verdict.RUNTIME_ERROR),
+    ("s = 'class Solution'\ndef f(a, b):\n    return a + b\n", Verdict.RUNTIME_ERROR),
+    ("class Solutions:\n    def f(self, a, b):\n        return 0\nSolution = Solutions\n"
+     "def f(a, b):\n    return a + b\n", W),  # "class Solutions" holds the text: Solution().f
+    # ... and a Solution bound without that text is ignored: the module-level function runs.
+    ("class Sol:\n    def f(self, a, b):\n        return 0\nSolution = Sol\n"
+     "def f(a, b):\n    return a + b\n", A),
+    ("Solution = type('Solution', (), {'f': lambda self, a, b: 0})\ndef f(a, b):\n    return a + b\n", A),
+])
+def test_solution_class_chosen_by_text(pool, code, verdict):
+    assert pool.grade(call_problem("f", [("1\n2", "3")]), code).verdict is verdict
+
+
+@pytest.mark.parametrize("code", ["print(3)\nexit(1)", "print(3)\nexit('bye')", "print(3)\nraise SystemExit(2)",
+                                  "import sys\nprint(3)\nsys.stderr.close()\nsys.exit('bye')",
+                                  "import sys\nprint(3)\nsys.stderr = None\nraise SystemExit([1])"])
 def test_any_exit_code_after_printing_is_judged_on_output(pool, code):
     # LiveCodeBench swallows SystemExit around a stdin program, whatever its code.
     assert pool.grade(stdin_problem([("", "3")]), code).verdict is A
@@ -165,11 +202,6 @@ def test_taco_stdin_with_line_lists(pool):
     p = Problem.from_dict({"tests": {"inputs": [["1", "2"]], "outputs": [["3"]]}})
     assert p.tests[0].input == "1\n2" and not p.call_based
     assert pool.grade(p, "print(int(input()) + int(input()))").passed
-
-
-def test_return_matches_unwrap_only_for_taco():
-    assert return_matches("5", "[5]", unwrap=True)
-    assert not return_matches("5", "[5]")
 
 
 @pytest.mark.parametrize("row,field", [

@@ -49,14 +49,27 @@ def test_monkeypatching_the_comparison(pool, marker):
     import sys
     for name, mod in list(sys.modules.items()):
         if name.startswith("sandbox"):
-            for attr in ("stdout_matches", "return_matches", "judge"):
+            for attr in ("stdout_matches", "typed_return_matches", "judge", "parse_status"):
                 if hasattr(mod, attr):
                     setattr(mod, attr, lambda *a, **k: True)
     print("anything")
     """
     assert grade(pool, code, [("", "something else")]).verdict is WA
-    code_call = "import sandbox.compare as c\nc.return_matches = lambda *a, **k: True\ndef f(a): return 0\n"
-    assert pool.grade(call_problem("f", [("1", "1")]), code_call).verdict is WA
+    # Call-based: the child itself encodes the return value (compare.encode_return, imported
+    # by sandbox.child), so a solution can patch the encoder too. Whatever it makes the child
+    # send is only a claim about its own return value, judged in the parent like any other.
+    patches = [
+        "import sandbox.compare as c\nc.typed_return_matches = lambda *a, **k: True\n",
+        "import sandbox.grader as g\ng.judge = lambda *a, **k: g.Verdict.ACCEPTED\n",
+        "import sandbox.child as c\nc.encode_return = lambda v: '{\"opaque\": \"ok\"}'\n",
+        "import sandbox.child as c\nc.encode_return = lambda v: 5\n",  # not even a string
+        "import sandbox.compare as c\nc._encode = lambda v, d: {'npscalar': ['<i8', {'decimal': '1e999999999'}]}\n",
+        "import sandbox.compare as c, json\nc.Opaque.__eq__ = lambda s, o: True\n"
+        "c.encode_return = lambda v: json.dumps({'opaque': 'x'})\n",
+    ]
+    for patch in patches:
+        code_call = patch + "def f(a):\n    return 0\n"
+        assert pool.grade(call_problem("f", [("1", "1")]), code_call).verdict in (WA, RE), patch
     assert_untouched(pool, marker)
 
 

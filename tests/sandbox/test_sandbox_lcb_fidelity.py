@@ -12,9 +12,6 @@ Tags:
 - equal: our verdict must be LCB's (a runtime error may be our syntax_error or memory_limit).
 - deliberate: a documented difference (docs/sandbox.md, "LiveCodeBench quirks"); `ours` pins
   our verdict so the difference stays a decision.
-- pending: LCB's verdict needs a change in the child / zygote (see `note`); expected to fail
-  until then (xfail, not strict). Where the parent's side is done, the in-process test below
-  checks it with the child's serialisation simulated.
 """
 import base64
 import json
@@ -51,11 +48,6 @@ def _problem(case) -> Problem:
         {"input": i, "output": o, "testtype": kind} for i, o in case["tests"]]})
 
 
-def _param(case):
-    marks = []
-    if case["tag"] == "pending":
-        marks.append(pytest.mark.xfail(reason=case.get("note", "needs a child/zygote change"), strict=False))
-    return pytest.param(case, id=case["id"], marks=marks)
 
 
 def _first_failure(result) -> str:
@@ -65,11 +57,11 @@ def _first_failure(result) -> str:
 
 def test_table_shape():
     assert len(CASES) >= 150 and len({c["id"] for c in CASES}) == len(CASES)
-    assert {c["tag"] for c in CASES} == {"equal", "deliberate", "pending"}
+    assert {c["tag"] for c in CASES} == {"equal", "deliberate"}
     assert all("ours" in c and "note" in c for c in CASES if c["tag"] == "deliberate")
 
 
-@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c["id"]) for c in CASES])
 def test_verdict_agrees_with_livecodebench(pool, case):
     result = pool.grade(_problem(case), case["code"], all_tests=True, time_limit=TIME_LIMIT)
     ours = _first_failure(result)

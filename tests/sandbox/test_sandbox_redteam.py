@@ -28,9 +28,16 @@ def grade(pool, code, tests=(("", "ok"),), **kw):
 
 @pytest.mark.parametrize("forged, verdict", [
     (b"[" * 200_000, RE),  # json.loads in the grader raised RecursionError
-    (b'{"ok": true, "value": 5}', RE),  # a number where the grader json-decodes a string
-    (b'{"ok": true, "value": ["ok"], "typed": {"opaque": 1}}', RE),
-    (b'{"ok": true, "value": "' + b"[" * 100_000 + b'"}', WA),
+    (b'{"ok": true, "typed": 5}', RE),  # a number where the grader json-decodes a string
+    (b'{"ok": true, "typed": {"opaque": 1}, "value": "\\"ok\\""}', RE),  # "value": no more
+    (b'{"ok": true, "typed": "' + b"[" * 100_000 + b'"}', WA),
+    # Decoding must stay cheap: a U dtype of 400 MB per element (was a MemoryError in the
+    # grader), int() of a Decimal 1e999999999 or of a million-digit number (minutes).
+    (b'{"ok": true, "typed": "{\\"ndarray\\": [\\"<U99999999\\", [2000], [' + b'\\"x\\", ' * 1999
+     + b'\\"x\\"]]}"}', RE),  # a 2000-element array == "ok" is ambiguous: LCB raises
+    (b'{"ok": true, "typed": "{\\"npscalar\\": [\\"<i8\\", {\\"decimal\\": \\"1e999999999\\"}]}"}', WA),
+    (b'{"ok": true, "typed": "{\\"fraction\\": [' + b"7" * 1_000_000 + b', 3]}"}', WA),
+    (b'{"ok": true, "typed": "{\\"ndarray\\": [\\"<i8\\", [1], [' + b"7" * 1_000_000 + b']]}"}', WA),
     (b'{"ok": true, "errno": ' + b"9" * 100_000 + b"}", RE),  # a slow int parse
     (b"\xff\xfe not json", RE),
     (b'["ok"]', RE),
@@ -45,15 +52,33 @@ def test_forged_status_cannot_crash_the_grader(pool, marker, forged, verdict):
     assert_untouched(pool, marker)
 
 
+@pytest.mark.parametrize("raw, call_verdict", [
+    (b"[" * 200_000, RE), (b"\xff\xfe", RE), (b'{"ok": true, "errno": ' + b"9" * 100_000 + b"}", RE),
+    (b'{"typed": ["x"]}', RE), (b'{"ok": true, "typed": 5}', RE), (b'{"ok": true, "error": {"x": 1}}', RE),
+    (b'{"errno": "12"}', RE), (b'{"errno": 12.0}', RE), (b'"ok"', RE), (b"null", RE), (b"", RE), (None, RE),
+    (5, RE), ('{"ok": true, "typed": "1"}', AC), (b'{"ok": true, "typed": "' + b"[" * 5000 + b'"}', WA),
+])
+def test_judge_does_not_rely_on_the_zygote_cleaning(raw, call_verdict):
+    # judge() takes the child's status as untrusted on its own, as if the zygote passed it raw:
+    # unknown keys and wrong types are dropped, never raised on ("ok" is not needed: the exit
+    # status and the typed value decide).
+    from sandbox.grader import Options, judge
+    from sandbox.problem import Test
+    run = {"ready": True, "status": raw, "exit": 0, "timed_out": False, "cpu": 0.0, "wall": 0.0,
+           "maxrss": 0, "stdout": b"1", "stdout_size": 1, "stderr_size": 0, "status_size": 0}
+    assert judge(run, Test("1", "1"), True, 1.0, 1 << 30, Options()) is call_verdict
+    assert judge(run, Test("", "1"), False, 1.0, 1 << 30, Options()) is AC  # judged on stdout
+
+
 def test_status_written_before_the_harness_and_stdout_redirected(pool, marker):
     code = """
     import os
-    os.write(3, b'{"ok": true, "value": "\\\\"ok\\\\""}')
+    os.write(3, b'{"ok": true, "typed": "\\\\"ok\\\\""}')
     os.dup2(3, 1)
     print('{"ok": true}')
     """
     assert grade(pool, code).verdict is WA
-    call = "import os\nos.write(3, b'{\"ok\": true, \"value\": \"1\"}')\ndef f(a):\n    return 2\n"
+    call = "import os\nos.write(3, b'{\"ok\": true, \"typed\": \"1\"}')\ndef f(a):\n    return 2\n"
     assert pool.grade(call_problem("f", [("1", "1")]), call).verdict is not AC
     assert_untouched(pool, marker)
 
@@ -296,3 +321,43 @@ def test_job_rerun_when_the_process_serving_it_dies(pool):
     killer.join()
     assert result.passed and worker.proc.pid != old_pid
     assert sandbox_processes(pool) == [] and not _alive(server)
+
+
+# ---- slot uids: base + zygote pid, clear of the subordinate uid ranges of rootless containers ----
+
+UID_PROGRAM = "import os, threading\nt = threading.Thread(target=print, args=(os.getuid(), os.getgid()))\nt.start()\nt.join()\n"
+
+
+def test_slot_uid_default_base(pool):
+    from sandbox.pool import DEFAULT_UID_BASE
+    worker = pool._workers[0]
+    if worker.info["uid"] is None:
+        pytest.skip("not root: no uid drop")
+    assert worker.info["uid"] == DEFAULT_UID_BASE + worker.proc.pid
+    uid = worker.info["uid"]
+    assert pool.grade(stdin_problem([("", f"{uid} {uid}")]), UID_PROGRAM).verdict is AC
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_slot_uid_base_is_configurable(monkeypatch, how):
+    base = 3_000_000_000  # above 2**31: setuid, the tmpfs owner and RLIMIT_NPROC work there too
+    if how == "environment":
+        monkeypatch.setenv("CODERL_SANDBOX_UID_BASE", str(base))
+    with SandboxPool(workers=1, time_limit=3.0, **({"uid_base": base} if how == "argument" else {})) as p:
+        worker = p._workers[0]
+        if worker.info["uid"] is None:
+            pytest.skip("not root: no uid drop")
+        uid = worker.info["uid"]
+        assert uid == base + worker.proc.pid
+        assert p.grade(stdin_problem([("", f"{uid} {uid}")]), UID_PROGRAM).verdict is AC
+        assert p.grade(stdin_problem([("", "x")]), "open('f', 'w').write('x')\nprint(open('f').read())").verdict is AC
+        assert sandbox_processes(p) == []
+
+
+@pytest.mark.parametrize("value", [0, 1000, 65_535, (1 << 32) - 1, "many", -5])
+def test_slot_uid_base_refused(monkeypatch, value):
+    with pytest.raises(ValueError, match="uid base"):
+        SandboxPool(workers=1, uid_base=value)
+    monkeypatch.setenv("CODERL_SANDBOX_UID_BASE", str(value))
+    with pytest.raises(ValueError, match="uid base"):
+        SandboxPool(workers=1)
