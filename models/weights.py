@@ -80,46 +80,32 @@ def full_axes(w: Weight) -> tuple[str | None, ...]:
     return (("layers",) + w.axes) if w.stacked else w.axes
 
 
+# layout -> the per-layer Hugging Face shape, from ours. Torch Linear weights are [out, in], so the
+# "transposed" layouts flip axes before the head dims are split out or merged.
+_HF_SHAPE = {
+    "same": lambda s: s,
+    "transpose": lambda s: s[::-1],
+    "heads": lambda s: (s[0] * s[1],),  # [(N H)] <-> [N, H]
+    "out_heads": lambda s: (s[1] * s[2], s[0]),  # [(N H), D] <-> [D, N, H]
+    "in_heads": lambda s: (s[2], s[0] * s[1]),  # [D, (N H)] <-> [N, H, D]
+}
+_TRANSPOSED = ("transpose", "out_heads", "in_heads")
+
+
 def hf_shape(w: Weight) -> tuple[int, ...]:
     """The shape of one (per-layer) Hugging Face tensor for this weight."""
-    s = w.shape
-    if w.layout == "same":
-        return s
-    if w.layout == "transpose":
-        return s[::-1]
-    if w.layout == "heads":
-        return (s[0] * s[1],)
-    if w.layout == "out_heads":
-        return (s[1] * s[2], s[0])
-    return (s[2], s[0] * s[1])  # in_heads
+    return _HF_SHAPE[w.layout](w.shape)
 
 
 def from_hf(w: Weight, x: np.ndarray) -> np.ndarray:
-    """One Hugging Face tensor (PyTorch Linear weights are [out, in]) in our layout."""
-    s = w.shape
-    if w.layout == "same":
-        return x
-    if w.layout == "transpose":
-        return x.T
-    if w.layout == "heads":
-        return x.reshape(s)
-    if w.layout == "out_heads":  # [(N H), D] -> [D, N, H]
-        return x.T.reshape(s)
-    if w.layout == "in_heads":  # [D, (N H)] -> [N, H, D]
-        return x.T.reshape(s)
-    raise AssertionError(w.layout)
+    """One Hugging Face tensor in our layout."""
+    return (x.T if w.layout in _TRANSPOSED else x).reshape(w.shape)
 
 
 def to_hf(w: Weight, x: np.ndarray) -> np.ndarray:
     """Inverse of `from_hf`."""
     target = hf_shape(w)
-    if w.layout == "same":
-        return x
-    if w.layout == "transpose":
-        return x.T
-    if w.layout == "heads":
-        return x.reshape(target)
-    return x.reshape(target[::-1]).T  # out_heads and in_heads
+    return x.reshape(target[::-1]).T if w.layout in _TRANSPOSED else x.reshape(target)
 
 
 def get_path(tree: dict, path: tuple[str, ...]):

@@ -46,30 +46,20 @@ def test_missing_safetensors(hf_model):
         models.load_hf(folder)
 
 
-def test_missing_tensor_is_named(hf_model):
-    folder, _ = hf_model("qwen3_tied")
+@pytest.mark.parametrize("variant, edit, message", [
+    ("qwen3_tied", lambda t: t.pop("model.layers.1.self_attn.k_norm.weight"),
+     r"missing.*model\.layers\.1\.self_attn\.k_norm\.weight"),
+    ("qwen3_tied", lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)}),
+     r"model\.safetensors.*unexpected.*q_proj\.bias"),
+    ("qwen2_tied", lambda t: t.update({"model.layers.0.mlp.up_proj.weight": np.zeros((95, 64), np.float32)}),
+     r"model\.safetensors.*up_proj\.weight.*\(95, 64\)"),
+], ids=["missing", "unexpected", "shape"])
+def test_bad_tensor_is_named_with_its_file(hf_model, variant, edit, message):
+    folder, _ = hf_model(variant)
     tensors = load_file(folder / "model.safetensors")
-    del tensors["model.layers.1.self_attn.k_norm.weight"]
+    edit(tensors)
     save_file(tensors, folder / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.self_attn\.k_norm\.weight"):
-        models.load_hf(folder)
-
-
-def test_unexpected_tensor_is_named(hf_model):
-    folder, _ = hf_model("qwen3_tied")
-    tensors = load_file(folder / "model.safetensors")
-    tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(64, np.float32)
-    save_file(tensors, folder / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors.*q_proj\.bias"):
-        models.load_hf(folder)
-
-
-def test_shape_mismatch_names_file_and_tensor(hf_model):
-    folder, _ = hf_model("qwen2_tied")
-    tensors = load_file(folder / "model.safetensors")
-    tensors["model.layers.0.mlp.up_proj.weight"] = np.zeros((95, 64), np.float32)
-    save_file(tensors, folder / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors.*up_proj\.weight.*\(95, 64\)"):
+    with pytest.raises(CheckpointError, match=message):
         models.load_hf(folder)
 
 
