@@ -4,13 +4,12 @@ Each surrogate returns per-token terms [B, T]; padded positions hold finite valu
 zeroes the inputs there) and the aggregations select valid tokens with jnp.where, so padding never
 leaks.
 """
-import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from rl.losses.registry import OBJECTIVES, register
+from rl.losses.registry import alias, register
 
 
 class Surrogate(NamedTuple):
@@ -68,4 +67,4 @@ def sequence_ratio_clip(logp, old_logp, advantages, mask, *, eps_low, eps_high):
 
 
 # DeepCoder's GRPO+ is DAPO's clipping and token mean with its defaults (no KL, no entropy bonus).
-OBJECTIVES["grpo_plus"] = dataclasses.replace(OBJECTIVES["dapo"], name="grpo_plus")
+alias("grpo_plus", "dapo")

@@ -14,12 +14,31 @@ def _masked_max(nonneg_bt, mask):
     return jnp.where(mask, nonneg_bt, 0.0).max()
 
 
+def _check_shapes(mask, truncated=None, advantages=None, **inputs_bt):
+    """Static shape checks, since broadcasting turns a mis-shaped input into a wrong loss."""
+    mask_shape = jnp.shape(mask)
+    if len(mask_shape) != 2:
+        raise ValueError(f"mask has shape {mask_shape}, expected 2-D [B, T] (for one sequence pass "
+                         f"[1, T]; vmap over any extra leading axis)")
+    batch_shape = mask_shape[:1]
+    for name, x in inputs_bt.items():
+        if x is not None and jnp.shape(x) != mask_shape:
+            raise ValueError(f"{name} has shape {jnp.shape(x)}, expected mask's shape {mask_shape}")
+    if advantages is not None and jnp.shape(advantages) not in (batch_shape, mask_shape):
+        raise ValueError(f"advantages has shape {jnp.shape(advantages)}, expected {batch_shape} "
+                         f"or {mask_shape} (mask's shape {mask_shape})")
+    if truncated is not None and jnp.shape(truncated) != batch_shape:
+        raise ValueError(f"truncated has shape {jnp.shape(truncated)}, expected {batch_shape} "
+                         f"(mask's shape {mask_shape})")
+
+
 def loss_normalizers(mask, truncated=None, overlong="zero_advantage"):
     """Local counts to sum over micro-batches and data-parallel shards, then pass to policy_loss.
 
     Returns {"token_normalizer": valid tokens, "sequence_normalizer": sequences with a valid token},
     counted after overlong filtering (mode "mask" removes truncated rows from both).
     """
+    _check_shapes(mask, truncated)
     mask = jnp.asarray(mask, bool)
     if truncated is not None:
         _, mask = apply_overlong_filter(jnp.zeros(mask.shape[:1]), mask, truncated, overlong)
@@ -34,9 +53,13 @@ def policy_loss(objective, logp, old_logp, advantages, mask, *, kl_coef=0.0, ref
 
     logp [B, T] is differentiated; old_logp, ref_logp, rollout_logp [B, T] and advantages ([B] or
     [B, T]) are constants. mask [B, T] marks response tokens; any value at padded positions, NaN and
-    inf included, is ignored. hyperparams override the objective's defaults (eps_low, eps_high).
+    inf included, is ignored. entropy is [B, T], truncated [B]. Shapes are checked (ValueError),
+    never broadcast: one sequence is a batch [1, T], and several batches are an extra leading axis
+    to jax.vmap over. hyperparams override the objective's defaults (eps_low, eps_high).
     See docs/objectives.md for every option.
     """
+    _check_shapes(mask, truncated, advantages, logp=logp, old_logp=old_logp, ref_logp=ref_logp,
+                  rollout_logp=rollout_logp, entropy=entropy)
     spec = get_objective(objective)
     unknown = set(hyperparams) - set(spec.defaults)
     if unknown:
@@ -48,7 +71,7 @@ def policy_loss(objective, logp, old_logp, advantages, mask, *, kl_coef=0.0, ref
     mask = jnp.asarray(mask, bool)
     has_tokens_b = mask.any(axis=-1)
     advantages = jnp.asarray(advantages)
-    if advantages.ndim == mask.ndim - 1:
+    if advantages.ndim == 1:
         advantages = advantages[:, None]
     if truncated is not None:
         advantages, mask = apply_overlong_filter(advantages, mask, truncated, overlong)
@@ -79,27 +102,31 @@ def policy_loss(objective, logp, old_logp, advantages, mask, *, kl_coef=0.0, ref
                           (has_tokens_b & jnp.asarray(truncated, bool)).sum()
                           / jnp.maximum(has_tokens_b.sum(), 1)),
     }
-    if ref_logp is not None:
-        ref_minus_logp_bt = constant(ref_logp) - logp
-        kl_bt = jnp.expm1(ref_minus_logp_bt) - ref_minus_logp_bt  # k3: unbiased and >= 0
-        loss_bt = loss_bt + kl_coef * kl_bt
-        metrics["kl_ref"] = _masked_mean(kl_bt, mask)
     if rollout_logp is not None:
         gap_bt = old_logp - constant(rollout_logp)
         metrics["mismatch_mean"] = _masked_mean(jnp.abs(gap_bt), mask)
         metrics["mismatch_max"] = _masked_max(jnp.abs(gap_bt), mask)
         if tis_cap is not None:
             # Truncated importance sampling: rollouts came from the inference engine, not pi_old.
+            # Only the policy-gradient term is an estimate over those rollouts (the KL is added
+            # after, uncorrected), as in verl.
             loss_bt = loss_bt * jnp.minimum(jnp.exp(gap_bt), tis_cap)
             metrics["tis_capped_frac"] = _masked_mean(gap_bt > jnp.log(tis_cap), mask)
+    if ref_logp is not None:
+        ref_minus_logp_bt = constant(ref_logp) - logp
+        kl_bt = jnp.expm1(ref_minus_logp_bt) - ref_minus_logp_bt  # k3: unbiased and >= 0
+        loss_bt = loss_bt + kl_coef * kl_bt
+        metrics["kl_ref"] = _masked_mean(kl_bt, mask)
     if entropy is not None:
         metrics["entropy"] = _masked_mean(entropy, mask)
 
     local = loss_normalizers(mask)
     if token_normalizer is None:
-        token_normalizer = jnp.maximum(local["token_normalizer"], 1)
+        token_normalizer = local["token_normalizer"]
     if sequence_normalizer is None:
-        sequence_normalizer = jnp.maximum(local["sequence_normalizer"], 1)
-    loss = spec.aggregate(loss_bt, mask, token_normalizer=token_normalizer,
-                          sequence_normalizer=sequence_normalizer)
+        sequence_normalizer = local["sequence_normalizer"]
+    # A count of 0 (no token anywhere, e.g. every rollout masked as overlong) means an empty sum:
+    # loss and gradient 0, not 0 / 0.
+    loss = spec.aggregate(loss_bt, mask, token_normalizer=jnp.maximum(token_normalizer, 1),
+                          sequence_normalizer=jnp.maximum(sequence_normalizer, 1))
     return loss, metrics

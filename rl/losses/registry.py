@@ -21,16 +21,29 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {}
 
 
+def _add(objective):
+    # Every way into the registry goes through here, so no name is ever silently overwritten.
+    if objective.name in OBJECTIVES:
+        raise ValueError(f"objective {objective.name!r} is already registered")
+    OBJECTIVES[objective.name] = objective
+
+
 def register(name, *, aggregate, **defaults):
     """Decorator registering a surrogate function under `name` with its aggregation and defaults."""
 
     def decorator(surrogate):
-        if name in OBJECTIVES:
-            raise ValueError(f"objective {name!r} is already registered")
-        OBJECTIVES[name] = Objective(name, surrogate, aggregate, dict(defaults))
+        _add(Objective(name, surrogate, aggregate, dict(defaults)))
         return surrogate
 
     return decorator
+
+
+def alias(name, target):
+    """Registers `name` as another name of the registered objective `target` (same defaults)."""
+    if target not in OBJECTIVES:
+        known = ", ".join(sorted(OBJECTIVES))
+        raise KeyError(f"cannot alias {name!r} to unknown objective {target!r}; known: {known}")
+    _add(dataclasses.replace(OBJECTIVES[target], name=name))
 
 
 def get_objective(name):

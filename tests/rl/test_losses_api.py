@@ -1,5 +1,8 @@
-"""Registry, options, overlong filtering, importance sampling, metrics, advantages, jit and vmap."""
+"""Registry, options, shapes, overlong filtering, importance sampling, metrics, advantages, jit and
+vmap."""
+import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +11,8 @@ import pytest
 
 from losses_batches import OBJECTIVE_NAMES, random_batch, token_weights
 import rl.losses as losses
-from rl.losses import (OBJECTIVES, apply_overlong_filter, compute_advantages, get_objective,
-                       groups_with_signal, policy_loss, register)
+from rl.losses import (OBJECTIVES, alias, apply_overlong_filter, compute_advantages, get_objective,
+                       groups_with_signal, loss_normalizers, policy_loss, register)
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +74,21 @@ def test_new_objective_is_one_function_and_one_registration():
         del OBJECTIVES["test_vanilla_pg"]
 
 
+def test_alias_goes_through_the_duplicate_check():
+    with pytest.raises(ValueError, match="'grpo_plus' is already registered"):
+        alias("grpo_plus", "grpo")
+    assert get_objective("grpo_plus").surrogate is get_objective("dapo").surrogate
+    with pytest.raises(KeyError, match="cannot alias 'test_x' to unknown objective 'ppo'.*dapo"):
+        alias("test_x", "ppo")
+    assert "test_x" not in OBJECTIVES
+    alias("test_alias", "gspo")
+    try:
+        assert get_objective("test_alias") == dataclasses.replace(get_objective("gspo"),
+                                                                  name="test_alias")
+    finally:
+        del OBJECTIVES["test_alias"]
+
+
 def test_option_errors():
     args = (np.zeros((1, 2)), np.zeros((1, 2)), np.ones(1), np.ones((1, 2), bool))
     with pytest.raises(TypeError, match="eps_hgih.*eps_high"):
@@ -79,6 +97,52 @@ def test_option_errors():
         policy_loss("grpo", *args, kl_coef=0.1)
     with pytest.raises(ValueError, match="unknown overlong mode"):
         policy_loss("grpo", *args, truncated=np.array([True]), overlong="drop")
+
+
+B, T = 3, 4
+GOOD = {"logp": np.zeros((B, T)), "old_logp": np.zeros((B, T)), "advantages": np.ones(B),
+        "mask": np.ones((B, T), bool)}
+
+
+@pytest.mark.parametrize("name, shape, expected", [
+    ("logp", (1, T), "logp has shape (1, 4), expected mask's shape (3, 4)"),
+    ("old_logp", (T,), "old_logp has shape (4,), expected mask's shape (3, 4)"),
+    ("ref_logp", (B, 1), "ref_logp has shape (3, 1), expected mask's shape (3, 4)"),
+    ("rollout_logp", (B, T, 1), "rollout_logp has shape (3, 4, 1), expected mask's shape (3, 4)"),
+    ("entropy", (B,), "entropy has shape (3,), expected mask's shape (3, 4)"),
+    ("advantages", (B + 1,), "advantages has shape (4,), expected (3,) or (3, 4)"),
+    ("advantages", (B, 1), "advantages has shape (3, 1), expected (3,) or (3, 4)"),
+    ("advantages", (), "advantages has shape (), expected (3,) or (3, 4)"),
+    ("truncated", (1,), "truncated has shape (1,), expected (3,)"),
+    ("truncated", (B, T), "truncated has shape (3, 4), expected (3,)"),
+])
+def test_mis_shaped_input_names_itself(name, shape, expected):
+    """Each of these used to broadcast into a wrong loss, or fail naming no argument."""
+    inputs = {**GOOD, "kl_coef": 0.1, "ref_logp": np.zeros((B, T)),
+              "rollout_logp": np.zeros((B, T)), "entropy": np.zeros((B, T)),
+              "truncated": np.zeros(B, bool)}
+    inputs[name] = np.zeros(shape, bool if name == "truncated" else float)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        policy_loss("dapo", **inputs)
+    if name == "truncated":
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            loss_normalizers(GOOD["mask"], inputs["truncated"])
+
+
+@pytest.mark.parametrize("mask_shape", [(T,), (2, B, T)])
+def test_mask_must_be_2d(mask_shape):
+    """[T] inputs (e.g. vmapped per sequence) used to fail with an IndexError."""
+    others = {k: np.zeros(mask_shape[:-1] if k == "advantages" else mask_shape)
+              for k in ("logp", "old_logp", "advantages")}
+    with pytest.raises(ValueError, match=r"mask has shape \(.*\), expected 2-D \[B, T\]"):
+        policy_loss("dapo", mask=np.ones(mask_shape, bool), **others)
+    with pytest.raises(ValueError, match="mask has shape"):
+        loss_normalizers(np.ones(mask_shape, bool))
+    if len(mask_shape) == 1:  # vmapping over the sequences of a batch gives such [T] inputs
+        with pytest.raises(ValueError, match=r"mask has shape \(4,\)"):
+            jax.vmap(functools.partial(policy_loss, "dapo"))(*[GOOD[k] for k in
+                                                               ("logp", "old_logp", "advantages",
+                                                                "mask")])
 
 
 def test_hyperparameters_override_defaults():
@@ -168,6 +232,23 @@ def test_overlong_modes(objective):
     assert float(zero_loss) == pytest.approx(float(kept_loss) * scale, rel=1e-12)
 
 
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_every_rollout_masked_with_global_normalizers(objective):
+    """Every row truncated with overlong="mask": the global counts are 0, and the loss was 0 / 0."""
+    batch = random_batch(9, garbage="nan")
+    truncated = np.ones(len(batch["mask"]), bool)
+    normalizers = loss_normalizers(batch["mask"], truncated, "mask")
+    assert int(normalizers["token_normalizer"]) == int(normalizers["sequence_normalizer"]) == 0
+
+    def loss(logp):
+        return policy_loss(objective, logp, batch["old_logp"], batch["advantages"], batch["mask"],
+                           truncated=truncated, overlong="mask", **normalizers)[0]
+
+    value, grad = jax.value_and_grad(loss)(batch["logp"])
+    assert float(value) == 0
+    assert (np.asarray(grad) == 0).all()
+
+
 # KL, truncated importance sampling and metrics
 
 def test_kl_term_is_k3_aggregated_like_the_objective():
@@ -212,6 +293,29 @@ def test_truncated_importance_sampling():
     off, off_metrics = loss(batch["logp"], tis_cap=None)
     assert float(off) == pytest.approx(np.where(batch["mask"], token_loss, 0).sum() / n, rel=1e-12)
     assert "mismatch_mean" in off_metrics
+
+
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_importance_weights_leave_the_kl_term_alone(objective):
+    """TIS corrects the policy-gradient term only: the KL term's value and gradient do not depend
+    on rollout_logp."""
+    batch = random_batch(10, noise=0.3, garbage="nan")
+    batch["rollout_logp"] = batch["old_logp"] + np.random.default_rng(1).normal(
+        size=batch["mask"].shape)  # weights on both sides of 1 and past the cap
+
+    def kl_term(rollout_logp):
+        def loss(logp, kl_coef):
+            return policy_loss(objective, logp, batch["old_logp"], batch["advantages"],
+                               batch["mask"], kl_coef=kl_coef, ref_logp=batch["ref_logp"],
+                               rollout_logp=rollout_logp)[0]
+        with_kl, grad_with = jax.value_and_grad(loss)(batch["logp"], 0.3)
+        without, grad_without = jax.value_and_grad(loss)(batch["logp"], 0.0)
+        return with_kl - without, grad_with - grad_without
+
+    value, grad = kl_term(batch["rollout_logp"])
+    plain_value, plain_grad = kl_term(None)
+    assert float(value) == pytest.approx(float(plain_value), rel=1e-12)
+    np.testing.assert_allclose(grad, plain_grad, rtol=1e-10, atol=1e-15)
 
 
 def test_metrics():

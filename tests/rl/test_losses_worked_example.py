@@ -1,4 +1,4 @@
-"""The worked example of /work/shared/docs/objectives.md, in float64, to 1e-6."""
+"""The worked example of docs/objectives.md, in float64, to 1e-6."""
 import jax
 import jax.numpy as jnp
 import numpy as np
