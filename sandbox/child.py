@@ -8,7 +8,6 @@ so a solution cannot pass its own failure off as a sandbox failure.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import fcntl
 import json
 import os
@@ -22,9 +21,9 @@ from dataclasses import dataclass
 
 from . import seccomp_filter
 from .compare import encode_return
+from .linux import PR_SET_DUMPABLE, PR_SET_PDEATHSIG, check, libc
+from .problem import call_args
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
 SETUP_FAILED = 125
 THREAD_STACK = 32 << 20  # default stack of solution threads (glibc would take RLIMIT_STACK)
 RECURSION_LIMIT = 50_000  # what LiveCodeBench's preamble sets
@@ -51,12 +50,6 @@ class Job:
     modules: dict  # "__main__" (stdin) and "solution" (call-based), pre-filled with the prelude
 
 
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
 def _lock_down(job: Job, fds: tuple[int, ...]) -> None:
     # Own process group: the zygote kills the group. (setsid would too, but costs ~2 ms here:
     # a new session makes a new scheduler autogroup.)
@@ -75,10 +68,10 @@ def _lock_down(job: Job, fds: tuple[int, ...]) -> None:
         os.setgid(job.uid)
         os.setuid(job.uid)
     # After setuid: a credential change clears the parent-death signal.
-    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
     if os.getppid() != job.zygote_pid:
         os._exit(SETUP_FAILED)
-    _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "PR_SET_DUMPABLE")
+    check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "PR_SET_DUMPABLE")
     cpu = max(1, int(job.time_limit + 0.999))
     limits = [
         (resource.RLIMIT_AS, job.memory_bytes),
@@ -163,9 +156,8 @@ def run(job: Job, fds: tuple[int, ...]) -> None:
     """Never returns. fds: stdin, stdout, stderr, status, ready-pipe write end."""
     try:
         _lock_down(job, fds)
-        args = None
-        if job.fn_name is not None:
-            args = [json.loads(line) for line in job.args_text.split("\n") if line.strip()]
+        # json.loads: no digit limit here, and big integers must reach the solution as ints.
+        args = None if job.fn_name is None else call_args(job.args_text, json.loads)
         out, err = sys.stdout, sys.stderr  # kept: the solution may rebind sys.stdout
         seccomp_filter.install(job.bpf)
         os.write(4, b"R")

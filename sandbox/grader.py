@@ -7,10 +7,11 @@ import signal
 from dataclasses import dataclass
 
 from .compare import FLOAT_TOLERANCE, stdout_matches, typed_return_matches
-from .problem import Problem, Test
+from .problem import Problem, Test, check_memory_mb, check_time_limit
 from .results import GradeResult, TestResult, Verdict
 
-OUTPUT_CAP = 64 << 20  # bytes of stdout (or of a call's JSON result) per test
+# Bytes per test of each capture file: stdout, stderr, and the status (a call's JSON result).
+OUTPUT_CAP = 64 << 20
 MAX_THREADS = 64
 ZYGOTE_GRACE = 10.0  # seconds a zygote may take beyond the time limit before it counts as hung
 
@@ -27,6 +28,13 @@ class Options:
     float_tolerance: bool = False  # compare numbers with FLOAT_TOLERANCE instead of exactly
     output_cap: int = OUTPUT_CAP
 
+    def __post_init__(self):
+        # Checked here, not when the child applies them: a bad limit is the caller's error.
+        if self.time_limit is not None:
+            check_time_limit(self.time_limit)
+        if self.memory_mb is not None:
+            check_memory_mb(self.memory_mb)
+
 
 def run_order(problem: Problem) -> list[int]:
     """Hardest first, taking the longest input as the hardest, so early stop fails fast."""
@@ -35,8 +43,8 @@ def run_order(problem: Problem) -> list[int]:
 
 def grade_on(worker, problem: Problem, code: str, opts: Options) -> GradeResult:
     """worker.send(op, **payload) / worker.recv(timeout) talk to a zygote and raise WorkerCrashed."""
-    time_limit = opts.time_limit or problem.time_limit
-    memory = (opts.memory_mb or problem.memory_mb) << 20
+    time_limit = problem.time_limit if opts.time_limit is None else opts.time_limit
+    memory = (problem.memory_mb if opts.memory_mb is None else opts.memory_mb) << 20
     n = len(problem.tests)
     worker.send("load", code=code, fn_name=problem.fn_name)
     loaded = worker.recv(time_limit + ZYGOTE_GRACE)
@@ -67,10 +75,12 @@ def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: in
         return Verdict.SANDBOX_ERROR
     status = parse_status(run["status"])
     code = run["exit"]
-    if run["timed_out"] or code == -signal.SIGXCPU or (code == -signal.SIGKILL and run["cpu"] >= time_limit):
+    if run["timed_out"] or code == -signal.SIGXCPU or (
+            code == -signal.SIGKILL and run["cpu"] >= time_limit):
         return Verdict.TIME_LIMIT
     # CPython ignores SIGXFSZ, so a flood usually ends as EFBIG with a capture file at the cap.
-    if code == -signal.SIGXFSZ or max(run["stdout_size"], run["stderr_size"], run["status_size"]) >= opts.output_cap:
+    sizes = run["stdout_size"], run["stderr_size"], run["status_size"]
+    if code == -signal.SIGXFSZ or max(sizes) >= opts.output_cap:
         return Verdict.OUTPUT_LIMIT
     error = status.get("error")
     near_limit = run["maxrss"] >= 0.9 * memory
@@ -103,7 +113,7 @@ _STATUS_TYPES = {"ok": bool, "typed": str, "error": str, "errno": int, "detail":
 
 
 def parse_status(raw) -> dict:
-    """The child's status as a dict of known keys with the types the harness writes ({} if mangled)."""
+    """The child's status: the known keys with the types the harness writes ({} if mangled)."""
     if not isinstance(raw, (bytes, str)) or not raw:
         return {}
     try:  # numbers the harness writes are errnos: a long digit string would parse in O(n^2)
@@ -113,5 +123,5 @@ def parse_status(raw) -> dict:
         return {}
     if not isinstance(status, dict):
         return {}
-    return {k: v for k, v in status.items()
-            if isinstance(v, _STATUS_TYPES.get(k, ())) and not (k == "errno" and isinstance(v, bool))}
+    return {k: v for k, v in status.items() if isinstance(v, _STATUS_TYPES.get(k, ()))
+            and not (k == "errno" and isinstance(v, bool))}

@@ -10,6 +10,7 @@ import queue
 import subprocess
 import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def resolve_uid_base(value: int | str | None = None) -> int:
     except (TypeError, ValueError):
         raise ValueError(f"sandbox uid base: not an integer: {value!r}") from None
     if not 65_536 <= base <= (1 << 32) - 2 - _PID_LIMIT:  # (uid_t)-1 is no uid
-        raise ValueError(f"sandbox uid base {base}: must be in [65536, {(1 << 32) - 2 - _PID_LIMIT}]")
+        raise ValueError(f"sandbox uid base {base}: must be in "
+                         f"[65536, {(1 << 32) - 2 - _PID_LIMIT}]")
     return base
 
 
@@ -60,7 +62,8 @@ class Worker:
     def start(self) -> None:
         self.stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-X", "utf8", "-m", "sandbox.zygote", "--uid-base", str(self.uid_base)],
+            [sys.executable, "-X", "utf8", "-m", "sandbox.zygote", "--uid-base",
+             str(self.uid_base)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=_ZYGOTE_ENV, cwd="/", close_fds=True)
         try:
@@ -114,6 +117,7 @@ class SandboxPool:
             raise
         for w in self._workers:
             self._idle.put(w)
+        _warn_if_degraded(self._workers[0].info)
         self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="sandbox")
         self._closed = False
 
@@ -163,6 +167,14 @@ class SandboxPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _warn_if_degraded(info: dict) -> None:
+    """The zygote's isolation report: say so when it fell back (docs/sandbox.md, Limits)."""
+    missing = [name for name in ("root", "namespaces", "chroot") if not info.get(name)]
+    if missing:
+        warnings.warn(f"sandbox isolation degraded: no {', '.join(missing)} (the zygote runs without "
+                      "them; see docs/sandbox.md, 'Limits and known gaps')", RuntimeWarning, stacklevel=3)
 
 
 _default: SandboxPool | None = None

@@ -8,7 +8,10 @@ import base64
 import binascii
 import io
 import json
+import math
 import pickle
+import re
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -19,15 +22,53 @@ DEFAULT_TIME_LIMIT = 15.0
 DEFAULT_MEMORY_MB = 4096
 LCB_TIME_LIMIT = 6.0  # lcb_runner's default --timeout, seconds per test
 LCB_MAX_DECOMPRESSED = 1 << 31  # bytes: a bound on private_test_cases after zlib
+MAX_TIME_LIMIT = 86_400.0  # seconds: far beyond any test, and within what select/poll accept
+MIN_MEMORY_MB, MAX_MEMORY_MB = 64, 1 << 20  # the warm interpreter alone maps ~120 MiB
 
 
 class ProblemError(ValueError):
     """A malformed problem; the message names the offending field."""
 
 
+def check_time_limit(value: Any, name: str = "time_limit") -> float:
+    """Seconds per test, or ValueError naming `name`. Shared by problems, options and the CLI."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not (math.isfinite(value) and 0 < value <= MAX_TIME_LIMIT):
+        raise ValueError(f"{name}: expected seconds in (0, {MAX_TIME_LIMIT:g}], got {value!r}")
+    return float(value)
+
+
+def check_memory_mb(value: Any, name: str = "memory_mb") -> int:
+    """An address-space limit in MiB, or ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_MEMORY_MB <= value <= MAX_MEMORY_MB:
+        raise ValueError(f"{name}: expected an integer in [{MIN_MEMORY_MB}, {MAX_MEMORY_MB}], got {value!r}")
+    return value
+
+
 def loads_json(text: str) -> Any:
     """json.loads without Python 3.11's 4300-digit int limit: huge ints become exact Decimals."""
     return json.loads(text, parse_int=lambda s: int(s) if len(s) < 4000 else Decimal(s))
+
+
+_BIG_INT = 10 ** 4000  # str() of an int refuses more than 4300 digits
+
+
+def dumps_json(value: Any) -> str:
+    """json.dumps that writes integers of any size (loads_json's Decimals, or ints past the
+    4300-digit limit of str()) in full: json.dumps refuses both."""
+    marker, digits = f"\0{uuid.uuid4().hex}:", []
+
+    def plain(v):  # the value with each huge integer replaced by a marker string
+        if isinstance(v, Decimal) or (type(v) is int and abs(v) >= _BIG_INT):
+            digits.append(str(Decimal(v)))
+            return f"{marker}{len(digits) - 1}"
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    text = json.dumps(plain(value))
+    pattern = re.escape(json.dumps(marker)[:-1]) + r'(\d+)"'
+    return re.sub(pattern, lambda m: digits[int(m[1])], text) if digits else text
 
 
 @dataclass(frozen=True)
@@ -61,36 +102,15 @@ class Problem:
     def from_dict(cls, row: dict) -> "Problem":
         """Build from a dataset row or problem file: `tests` (list, TACO object, or JSON text of
         either), optional `fn_name` / `metadata.func_name`, `starter_code`, `time_limit`,
-        `memory_mb`."""
+        `memory_mb`. A LiveCodeBench row (no `tests`) goes to from_lcb_row."""
         if not isinstance(row, dict):
             raise ProblemError(f"problem: expected a JSON object, got {type(row).__name__}")
-        if "tests" not in row and ("public_test_cases" in row or "input_output" in row):
+        if "tests" in row:
+            return cls._build(row)
+        if "public_test_cases" in row or "input_output" in row:
             return cls.from_lcb_row(row, row.get("time_limit", LCB_TIME_LIMIT),
                                     row.get("memory_mb", DEFAULT_MEMORY_MB))
-        if "tests" not in row:
-            raise ProblemError("tests: missing")
-        metadata = _decoded(row.get("metadata") or {}, "metadata")
-        if not isinstance(metadata, dict):
-            raise ProblemError("metadata: expected an object")
-        fn_name = row.get("fn_name") or metadata.get("func_name")
-        tests_raw = _decoded(row["tests"], "tests")
-        if isinstance(tests_raw, dict):
-            fn_name = fn_name or tests_raw.get("fn_name")
-        if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
-            raise ProblemError(f"fn_name: not a Python identifier: {fn_name!r}")
-        tests = (_taco_tests if isinstance(tests_raw, dict) else _lcb_tests)(tests_raw, fn_name)
-        if not tests:
-            raise ProblemError("tests: empty")
-        starter = row.get("starter_code") or ""
-        if not isinstance(starter, str):
-            raise ProblemError("starter_code: expected a string")
-        time_limit = row.get("time_limit", DEFAULT_TIME_LIMIT)
-        memory_mb = row.get("memory_mb", DEFAULT_MEMORY_MB)
-        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or time_limit <= 0:
-            raise ProblemError("time_limit: expected a positive number of seconds")
-        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 64:
-            raise ProblemError("memory_mb: expected an integer >= 64")
-        return cls(tuple(tests), fn_name, starter, float(time_limit), memory_mb, metadata)
+        raise ProblemError("tests: missing")
 
     @classmethod
     def from_lcb_row(cls, row: dict, time_limit: float = LCB_TIME_LIMIT,
@@ -108,16 +128,16 @@ class Problem:
         row cannot run code, only fail to load."""
         if not isinstance(row, dict):
             raise ProblemError(f"problem: expected a LiveCodeBench row (object), got {type(row).__name__}")
+        limits = {"time_limit": time_limit, "memory_mb": memory_mb}
         if "input_output" in row and "public_test_cases" not in row:
             sample = _decoded(row["input_output"], "input_output")
             if not isinstance(sample, dict):
                 raise ProblemError("input_output: expected an object with inputs/outputs")
-            return cls.from_dict({"tests": sample, "fn_name": sample.get("fn_name"),
-                                  "time_limit": time_limit, "memory_mb": memory_mb})
+            return cls._build({"tests": sample, **limits})
         metadata = _decoded(row.get("metadata") or {}, "metadata")
         if not isinstance(metadata, dict):
             raise ProblemError("metadata: expected an object")
-        fn_name = metadata.get("func_name") or None
+        call_based = bool(metadata.get("func_name"))
         public = _decoded(row.get("public_test_cases") or "[]", "public_test_cases")
         private = _lcb_private_tests(row.get("private_test_cases") or "[]")
         tests = []
@@ -128,10 +148,35 @@ class Problem:
                 if not isinstance(t, dict):
                     raise ProblemError(f"{name}[{i}]: expected an object with input/output")
                 tests.append({"input": t.get("input"), "output": t.get("output"),
-                              "testtype": "functional" if fn_name else "stdin"})
-        return cls.from_dict({"tests": tests, "fn_name": fn_name, "metadata": metadata,
-                              "starter_code": row.get("starter_code") or "",
-                              "time_limit": time_limit, "memory_mb": memory_mb})
+                              "testtype": "functional" if call_based else "stdin"})
+        return cls._build({"tests": tests, "metadata": metadata,
+                           "starter_code": row.get("starter_code") or "", **limits})
+
+    @classmethod
+    def _build(cls, row: dict) -> "Problem":
+        """From the fields of from_dict, which every shape is brought to."""
+        metadata = _decoded(row.get("metadata") or {}, "metadata")
+        if not isinstance(metadata, dict):
+            raise ProblemError("metadata: expected an object")
+        tests_raw = _decoded(row["tests"], "tests")
+        sources = [("fn_name", row.get("fn_name")), ("metadata.func_name", metadata.get("func_name"))]
+        if isinstance(tests_raw, dict):
+            sources.append(("tests.fn_name", tests_raw.get("fn_name")))
+        source, fn_name = next(((k, v) for k, v in sources if v), ("fn_name", None))
+        if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
+            raise ProblemError(f"{source}: not a Python identifier: {fn_name!r}")
+        tests = (_taco_tests if isinstance(tests_raw, dict) else _lcb_tests)(tests_raw, fn_name)
+        if not tests:
+            raise ProblemError("tests: empty")
+        starter = row.get("starter_code") or ""
+        if not isinstance(starter, str):
+            raise ProblemError("starter_code: expected a string")
+        try:
+            time_limit = check_time_limit(row.get("time_limit", DEFAULT_TIME_LIMIT))
+            memory_mb = check_memory_mb(row.get("memory_mb", DEFAULT_MEMORY_MB))
+        except ValueError as e:
+            raise ProblemError(str(e)) from None
+        return cls(tuple(tests), fn_name, starter, time_limit, memory_mb, metadata)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Problem":
@@ -153,11 +198,13 @@ def _lcb_private_tests(value: Any) -> Any:
     """LiveCodeBench's private tests: JSON text, or base64 of zlib of a pickle of JSON text."""
     if not isinstance(value, str):
         return value
+    name = "private_test_cases"
     try:
         return loads_json(value)
+    except RecursionError:
+        raise ProblemError(f"{name}: JSON nested too deep") from None
     except ValueError:
         pass
-    name = "private_test_cases"
     try:
         packed = base64.b64decode(value.encode("ascii"), validate=False)
         inflater = zlib.decompressobj()
@@ -177,24 +224,28 @@ def _lcb_private_tests(value: Any) -> Any:
     return _decoded(text, name)
 
 
-def call_args(text: str, name: str = "input") -> list:
-    """The arguments of a call-based test: one JSON value per non-blank line."""
-    return [_decoded(line, name) for line in text.split("\n") if line.strip()]
+def call_args(text: str, loads=loads_json) -> list:
+    """The arguments of a call-based test: one JSON value per non-blank line. (The child passes
+    json.loads: it has no digit limit, and the solution must get big integers as ints.)"""
+    return [loads(line) for line in text.split("\n") if line.strip()]
 
 
-def _decoded(value: Any, name: str) -> Any:
+def _decoded(value: Any, name: str, loads=loads_json) -> Any:
     """DeepCoder rows carry `tests` and `metadata` as JSON text; decode those."""
     if not isinstance(value, str):
         return value
     try:
-        return loads_json(value)
+        return loads(value)
+    except RecursionError:
+        raise ProblemError(f"{name}: JSON nested too deep") from None
     except ValueError as e:
         raise ProblemError(f"{name}: undecodable JSON ({e})") from None
 
 
 def _lcb_tests(raw: Any, fn_name: str | None) -> list[Test]:
     if not isinstance(raw, list):
-        raise ProblemError(f"tests: expected a list or an object with inputs/outputs, got {type(raw).__name__}")
+        raise ProblemError("tests: expected a list or an object with inputs/outputs, "
+                           f"got {type(raw).__name__}")
     tests = []
     for i, t in enumerate(raw):
         where = f"tests[{i}]"
@@ -209,7 +260,7 @@ def _lcb_tests(raw: Any, fn_name: str | None) -> list[Test]:
         if kind == "functional":
             if fn_name is None:
                 raise ProblemError(f"fn_name: missing, but {where} is a functional test")
-            call_args(t["input"], f"{where}.input")
+            _decoded(t["input"], f"{where}.input", call_args)
             _decoded(t["output"], f"{where}.output")
         elif fn_name is not None:
             raise ProblemError(f"{where}.testtype: 'stdin' test in a call-based problem (fn_name set)")
@@ -231,7 +282,7 @@ def _taco_tests(raw: dict, fn_name: str | None) -> list[Test]:
             tests.append(Test(_text(inp, f"tests.inputs[{i}]"), _text(out, f"tests.outputs[{i}]")))
             continue
         if isinstance(inp, str):  # lcb_runner's sample shape: JSON lines in, JSON text out
-            call_args(inp, f"tests.inputs[{i}]")
+            _decoded(inp, f"tests.inputs[{i}]", call_args)
             if not isinstance(out, str):
                 raise ProblemError(f"tests.outputs[{i}]: expected JSON text for a JSON-lines input")
             _decoded(out, f"tests.outputs[{i}]")
@@ -240,12 +291,18 @@ def _taco_tests(raw: dict, fn_name: str | None) -> list[Test]:
         # TACO call-based inputs are already the argument list, not JSON text lines.
         if not isinstance(inp, list):
             raise ProblemError(f"tests.inputs[{i}]: expected the list of call arguments")
-        try:
-            args = "\n".join(json.dumps(a) for a in inp)
-            tests.append(Test(args, json.dumps(out), unwrap=True))
-        except (TypeError, ValueError) as e:
-            raise ProblemError(f"tests.inputs[{i}]: not JSON-encodable ({e})") from None
+        args = "\n".join(_encoded(a, f"tests.inputs[{i}]") for a in inp)
+        tests.append(Test(args, _encoded(out, f"tests.outputs[{i}]"), unwrap=True))
     return tests
+
+
+def _encoded(value: Any, name: str) -> str:
+    try:
+        return dumps_json(value)
+    except RecursionError:
+        raise ProblemError(f"{name}: nested too deep") from None
+    except (TypeError, ValueError) as e:
+        raise ProblemError(f"{name}: not JSON-encodable ({e})") from None
 
 
 def _text(value: Any, name: str) -> str:

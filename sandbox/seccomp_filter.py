@@ -6,17 +6,12 @@ needs to generate the program.
 """
 import ctypes
 import errno
-import os
 import tempfile
 
 import pyseccomp as sc
 
-_CLONE_THREAD = 0x00010000
-# Namespace flags must stay clear even on a thread clone.
-_CLONE_NS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080
-_PR_SET_NAME, _PR_GET_NAME = 15, 16
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+from .linux import (CLONE_NS_ALL, CLONE_THREAD, PR_GET_NAME, PR_SET_NAME, PR_SET_NO_NEW_PRIVS,
+                    PR_SET_SECCOMP, SECCOMP_MODE_FILTER, check, libc)
 
 # What CPython, numpy, threads and ordinary file I/O inside the private directory need.
 ALLOWED = """
@@ -29,9 +24,9 @@ rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending rt_sigtimedwait rt_sigsus
 pause alarm setitimer getitimer futex futex_waitv set_robust_list get_robust_list set_tid_address
 rseq exit exit_group getpid gettid getppid getuid geteuid getgid getegid getgroups getresuid
 getresgid getpgrp getpgid getsid gettimeofday time clock_gettime clock_getres clock_nanosleep
-nanosleep sched_yield sched_getaffinity sched_setaffinity sched_getparam sched_getscheduler
+nanosleep sched_yield
 sched_get_priority_max sched_get_priority_min getpriority getrandom getrusage times sysinfo uname
-prlimit64 getrlimit setrlimit poll ppoll select pselect6 epoll_create epoll_create1 epoll_ctl
+getrlimit setrlimit poll ppoll select pselect6 epoll_create epoll_create1 epoll_ctl
 epoll_wait epoll_pwait eventfd2 arch_prctl membarrier getcpu tgkill tkill capget
 """.split()
 
@@ -43,6 +38,9 @@ init_module finit_module delete_module kill socket socketpair memfd_create userf
 perf_event_open setsid setpgid setuid setgid setreuid setregid setresuid setresgid setgroups
 """.split()
 ENOSYS = "io_uring_setup io_uring_enter io_uring_register clone3".split()
+# Allowed on the calling process only (pid argument 0), EPERM on any other: without a uid drop
+# (not root) the kernel would let the program act on the zygote and its other children.
+SELF_ONLY = "prlimit64 sched_getaffinity sched_setaffinity sched_getparam sched_getscheduler".split()
 
 
 def build_bpf() -> bytes:
@@ -57,11 +55,15 @@ def build_bpf() -> bytes:
         f.add_rule(sc.ERRNO(errno.EPERM), name)
     for name in ENOSYS:  # glibc falls back from clone3 to clone, which we can inspect
         f.add_rule(sc.ERRNO(errno.ENOSYS), name)
-    mask = _CLONE_THREAD | _CLONE_NS
-    f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, mask, _CLONE_THREAD))
-    f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))
-    f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, _PR_SET_NAME))
-    f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, _PR_GET_NAME))
+    for name in SELF_ONLY:
+        f.add_rule(sc.ALLOW, name, sc.Arg(0, sc.EQ, 0))
+        f.add_rule(sc.ERRNO(errno.EPERM), name, sc.Arg(0, sc.NE, 0))
+    # Namespace flags must stay clear even on a thread clone.
+    mask = CLONE_THREAD | CLONE_NS_ALL
+    f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, mask, CLONE_THREAD))
+    f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+    f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, PR_SET_NAME))
+    f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, PR_GET_NAME))
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)
         out.seek(0)
@@ -72,14 +74,9 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def install(bpf: bytes) -> None:
     """Load a BPF program built by build_bpf into the calling (single-threaded) process."""
     buf = ctypes.create_string_buffer(bpf, len(bpf))
     prog = _SockFprog(len(bpf) // 8, ctypes.addressof(buf))
-    if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
-    if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "PR_SET_SECCOMP")

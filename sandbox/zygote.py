@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import builtins
-import ctypes
 import gc
 import importlib
 import json
@@ -30,6 +29,8 @@ import types
 from . import ipc, seccomp_filter
 from .child import Job, prepare_zygote, run
 from .grader import parse_status
+from .linux import (CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, MNT_DETACH, MS_NODEV,
+                    MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC, PR_SET_PDEATHSIG, check, libc)
 
 STACK_BYTES = 1 << 30  # main-thread stack room for deep recursion; reserved at exec time
 TMPFS_BYTES = 64 << 20  # disk budget of one test's private directory
@@ -54,33 +55,42 @@ PRELUDE_STAR = """string re datetime collections heapq bisect copy math random s
 functools operator io sys json builtins typing""".split()
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
-_MNT_DETACH = 2
-_PR_SET_PDEATHSIG = 1
-
-
 def _isolate() -> dict:
-    """Private mount and network namespaces, with a small tmpfs on /tmp for test dirs."""
-    new_ns, new_net, new_user = 0x00020000, 0x40000000, 0x10000000
+    """Private mount and network namespaces, with a small tmpfs on /tmp for test dirs. Not root:
+    also a user namespace (root inside) and a pid namespace, in which this process goes on as a
+    fork, pid 1: the slot has no uid of its own, so only the pid namespace keeps a program from
+    naming the user's other processes."""
     info = {"root": os.geteuid() == 0, "namespaces": False, "chroot": False}
     uid, gid = os.getuid(), os.getgid()
-    flags = new_ns | new_net | (0 if info["root"] else new_user)
-    if _libc.unshare(flags) != 0:
+    flags = CLONE_NEWNS | CLONE_NEWNET | (0 if info["root"] else CLONE_NEWUSER | CLONE_NEWPID)
+    if libc.unshare(flags) != 0:
         return info
     if not info["root"]:  # be root inside our own user namespace: enough for mount and chroot
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
-    ms_rec, ms_private = 0x4000, 0x40000
-    if _libc.mount(b"none", b"/", None, ms_rec | ms_private, None) != 0:
+        _enter_pid_namespace()
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         return info
     # Holds only the mount points of the tests' own tmpfs (_mount_test_dir).
     opts = b"size=1m,nr_inodes=1024,mode=0711"
-    if _libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, opts) != 0:
+    if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) != 0:
         return info
     info["namespaces"] = info["chroot"] = True
     return info
+
+
+def _enter_pid_namespace() -> None:
+    """Go on as the first child, pid 1 of the new pid namespace: a zygote that forks a server per
+    solution cannot have its first server be pid 1 (the namespace ends when that one exits).
+    The parent only waits and passes the exit status on; the child dies with it (and with the
+    child, pid 1, everything in the namespace). Were the parent killed before the prctl, the
+    child would still end: its requests pipe closes when the pool stops the worker."""
+    pid = os.fork()
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        os._exit(max(0, os.waitstatus_to_exitcode(status)))
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG")
 
 
 def _preload() -> dict:
@@ -149,7 +159,7 @@ class Zygote:
         served, 1 when the grader went away or anything failed."""
         served = False
         try:
-            if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or \
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or \
                     os.getppid() != self.pid:
                 os._exit(1)
             while not served:
@@ -216,9 +226,9 @@ class Zygote:
             os.write(fds[0], stdin.encode("utf-8", "surrogateescape"))
             os.lseek(fds[0], 0, os.SEEK_SET)
         ready_r, ready_w = os.pipe()
-        job = Job(self.code, self.fn_name, self.solution_class, stdin if call else "", time_limit, memory_bytes,
-                  output_cap, max_threads, self.uid, root, self.isolation["chroot"], os.getpid(),
-                  self.bpf, self.modules)
+        job = Job(self.code, self.fn_name, self.solution_class, stdin if call else "", time_limit,
+                  memory_bytes, output_cap, max_threads, self.uid, root, self.isolation["chroot"],
+                  os.getpid(), self.bpf, self.modules)
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -254,8 +264,7 @@ class Zygote:
             if self.isolation["chroot"]:
                 # Frees the whole tree at once, however deep or large the program made it
                 # (rmtree can fail on a deep one, leaving it to fill the disk for later tests).
-                if _libc.umount2(root.encode(), _MNT_DETACH) != 0:
-                    raise OSError(ctypes.get_errno(), f"umount {root}")
+                check(libc.umount2(root.encode(), MNT_DETACH), f"umount {root}")
                 os.rmdir(root)
             else:
                 shutil.rmtree(root, ignore_errors=True)
@@ -302,9 +311,8 @@ def _mount_test_dir(path: str, uid: int | None) -> None:
     opts = f"size={TMPFS_BYTES},nr_inodes={TMPFS_INODES},mode=0700"
     if uid is not None:
         opts += f",uid={uid},gid={uid}"
-    if _libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
-                   opts.encode()) != 0:
-        raise OSError(ctypes.get_errno(), f"mount tmpfs on {path}")
+    check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts.encode()),
+          f"mount tmpfs on {path}")
 
 
 def _clean_status(raw: bytes) -> bytes:

@@ -1,14 +1,17 @@
 """Grading fidelity with LiveCodeBench's rules, problem loading, code extraction and the CLI."""
 import decimal
 import json
+import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
-from sandbox import Problem, ProblemError, Verdict, extract_code
+from sandbox import Problem, ProblemError, SandboxPool, Verdict, extract_code
 from sandbox.compare import stdout_matches
 from sandbox.grader import run_order
+from sandbox.pool import Worker
 from sandbox_helpers import call_problem, stdin_problem
 
 A, W = Verdict.ACCEPTED, Verdict.WRONG_ANSWER
@@ -198,6 +201,14 @@ def test_taco_call_based_problems_grade(pool):
     assert pool.grade(p, "def tail_sum(xs, k):\n    return sum(xs)").verdict is W
 
 
+def test_taco_call_based_problem_with_a_5000_digit_answer(pool):
+    big = "1" + "0" * 4998 + "7"  # 10**4999 + 7, as JSON text (json.dumps refuses the int)
+    p = Problem.from_dict({"tests": '{"inputs": [[5000]], "outputs": [[%s]], "fn_name": "g"}' % big})
+    assert p.tests[0].input == "5000" and p.tests[0].output == f"[{big}]"
+    assert pool.grade(p, "def g(n):\n    return 10 ** (n - 1) + 7").passed
+    assert pool.grade(p, "def g(n):\n    return 10 ** (n - 1) + 8").verdict is W
+
+
 def test_taco_stdin_with_line_lists(pool):
     p = Problem.from_dict({"tests": {"inputs": [["1", "2"]], "outputs": [["3"]]}})
     assert p.tests[0].input == "1\n2" and not p.call_based
@@ -220,11 +231,43 @@ def test_taco_stdin_with_line_lists(pool):
     ({"tests": [{"input": "", "output": ""}], "fn_name": "not valid"}, "fn_name"),
     ({"tests": [{"input": "", "output": ""}], "time_limit": -1}, "time_limit"),
     ({"tests": [{"input": "", "output": ""}], "starter_code": 3}, "starter_code"),
+    ({"tests": [{"input": "", "output": ""}], "metadata": {"func_name": 5}}, "metadata.func_name"),
+    ({"tests": "[" * 100_000}, "tests"),
+    ({"public_test_cases": "[]", "private_test_cases": "[" * 100_000}, "private_test_cases"),
+    ({"tests": {"inputs": [[1]], "outputs": [{1}], "fn_name": "f"}}, "tests.outputs[0]"),
+    *[({"tests": [{"input": "", "output": ""}], key: value}, key) for key, value in [
+        ("time_limit", float("nan")), ("time_limit", float("inf")), ("time_limit", 0), ("time_limit", None),
+        ("memory_mb", 0), ("memory_mb", 10 ** 14), ("memory_mb", 256.0)]],
 ])
 def test_malformed_problem_names_the_field(row, field):
     with pytest.raises(ProblemError) as e:
         Problem.from_dict(row)
     assert str(e.value).startswith(field)
+
+
+@pytest.mark.parametrize("options", [{"time_limit": -1}, {"time_limit": 0}, {"time_limit": float("nan")},
+                                     {"time_limit": float("inf")}, {"memory_mb": 0}, {"memory_mb": 10 ** 14},
+                                     {"memory_mb": True}])
+def test_pool_refuses_unusable_limits(pool, options):
+    # Refused up front: not a sandbox_error from the child, and 0 is no "use the problem's".
+    key = next(iter(options))
+    with pytest.raises(ValueError, match=f"^{key}: expected"):
+        pool.grade(stdin_problem([("", "ok")]), "print('ok')", **options)
+    with pytest.raises(ValueError, match=f"^{key}: expected"):
+        SandboxPool(workers=1, **options)  # as pool defaults: before any zygote starts
+
+
+def test_pool_warns_when_isolation_is_degraded(monkeypatch):
+    if os.geteuid() == 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            SandboxPool(workers=1).close()  # full isolation: silent
+
+    def start(worker):  # a zygote that came up as in an unprivileged container
+        worker.info = {"pid": 1, "uid": None, "root": False, "namespaces": False, "chroot": False}
+    monkeypatch.setattr(Worker, "start", start)
+    with pytest.warns(RuntimeWarning, match="isolation degraded: no root, namespaces, chroot"):
+        SandboxPool(workers=1).close()
 
 
 # ---- extract_code ----
@@ -269,7 +312,37 @@ def test_cli_rejects_malformed_problem(tmp_path):
     assert run.returncode == 2 and "missing.json" in run.stderr
 
 
+TESTS = '"tests": [{"input": "", "output": "ok"}]'
+
+
+@pytest.mark.parametrize("text, field", [
+    ('{%s, "time_limit": NaN}' % TESTS, "time_limit"),  # Python's json accepts NaN and Infinity
+    ('{%s, "time_limit": Infinity}' % TESTS, "time_limit"),
+    ('{%s, "memory_mb": 100000000000000}' % TESTS, "memory_mb"),
+    ('{"tests": %s}' % json.dumps("[" * 100_000), "tests"),
+    ("[" * 100_000, "problem file"),
+])
+def test_cli_rejects_unusable_values_in_the_problem_file(tmp_path, text, field):
+    problem = tmp_path / "p.json"
+    problem.write_text(text)
+    code = tmp_path / "s.py"
+    code.write_text("print('ok')")
+    run = _cli("grade", "--problem", str(problem), "--code", str(code))
+    assert run.returncode == 2 and f"malformed problem: {field}" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--time-limit", "nan"), ("--time-limit", "inf"), ("--time-limit", "0"),
+                                         ("--memory-mb", "100000000000000"), ("--memory-mb", "8")])
+def test_cli_rejects_unusable_limits(tmp_path, flag, value):
+    problem = tmp_path / "p.json"
+    problem.write_text('{"tests": [{"input": "", "output": "ok"}]}')
+    run = _cli("grade", "--problem", str(problem), "--code", str(problem), flag, value)
+    assert run.returncode == 2 and f"{flag}: expected" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_cli_help():
     top, grade = _cli("--help"), _cli("grade", "--help")
-    assert top.returncode == 0 and "grade" in top.stdout
+    assert top.returncode == 0 and "grade" in top.stdout and "python -m sandbox grade --help" in top.stdout
     assert grade.returncode == 0 and "--all-tests" in grade.stdout and "fn_name" in grade.stdout
+    assert "Exit status: 0 whatever the verdict" in grade.stdout

@@ -4,8 +4,11 @@ tests, raw system calls the filter must catch, and the pool's own edges (shutdow
 a lost zygote). Each checks the verdict and that nothing outside changed (assert_untouched)."""
 import asyncio
 import hashlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -208,14 +211,19 @@ def test_process_creation_by_raw_system_calls(pool, marker):
 
 def test_resources_and_scheduling_of_other_processes(pool, marker):
     # prlimit, sched_setaffinity and tgkill are allowed for the program's own use; on the
-    # zygote or pid 1 the kernel refuses them (another uid, no capabilities).
+    # zygote or pid 1 they are refused (seccomp: pid argument 0 only; tgkill: another uid).
     code = LIBC + textwrap.dedent("""
     import resource
+
+    def tgkill(pid):  # the raw call (os.kill is denied outright), failing as os functions do
+        if libc.syscall(234, pid, pid, 9) != 0:
+            raise OSError(ctypes.get_errno(), "tgkill")
+
     out = []
     for pid in (os.getppid(), 1):
         for attempt in (lambda: resource.prlimit(pid, resource.RLIMIT_NOFILE, (0, 0)),
                         lambda: os.sched_setaffinity(pid, {0}),
-                        lambda: os.sched_setaffinity(pid, {0}) if libc.syscall(234, pid, pid, 9) else 0):
+                        lambda: tgkill(pid)):
             try:
                 attempt()
                 out.append("done")
@@ -233,6 +241,67 @@ def test_resources_and_scheduling_of_other_processes(pool, marker):
     """)
     assert grade(pool, code, [("", "[1, 1, 1, 1, 1, 1] []")]).passed
     assert_untouched(pool, marker)
+
+
+def test_resource_and_scheduler_calls_name_only_the_caller(pool, marker):
+    # Without a uid drop (not root) the kernel would allow these on the zygote: the filter
+    # allows pid 0 (the caller) only. Naming itself by its pid is refused too, which tells the
+    # filter's EPERM from the kernel's (as root the kernel refuses other pids anyway).
+    code = textwrap.dedent("""
+    import os, resource
+    out = []
+    for pid in (os.getpid(), os.getppid()):
+        for attempt in (lambda: resource.prlimit(pid, resource.RLIMIT_NOFILE),
+                        lambda: os.sched_setaffinity(pid, os.sched_getaffinity(0)),
+                        lambda: os.sched_getaffinity(pid),
+                        lambda: os.sched_getparam(pid),
+                        lambda: os.sched_getscheduler(pid)):
+            try:
+                attempt()
+                out.append("done")
+            except OSError as e:
+                out.append(e.errno)
+    resource.prlimit(0, resource.RLIMIT_NOFILE, (32, 64))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.sched_setaffinity(0, os.sched_getaffinity(0))
+    print(out, resource.getrlimit(resource.RLIMIT_NOFILE), os.sched_getscheduler(0), os.sched_getparam(0))
+    """)
+    result = grade(pool, code, [("", "[1, 1, 1, 1, 1, 1, 1, 1, 1, 1] (32, 64) 0 posix.sched_param(sched_priority=0)")])
+    assert result.passed, result.tests[0].stderr
+    assert_untouched(pool, marker)
+
+
+def test_non_root_zygote_isolates_itself_in_a_pid_namespace():
+    # The zygote's start-up as an unprivileged user (uid 65534; made dumpable again, as an
+    # exec'd process would be, so it may write its own uid_map): it goes on as pid 1 of a new
+    # pid namespace, and forks there as a server would; the exit status reaches the pool.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    probe = textwrap.dedent("""
+    import json, os
+    from sandbox import zygote
+    from sandbox.linux import PR_SET_DUMPABLE, libc
+    os.chdir("/")
+    os.setgroups([]), os.setgid(65534), os.setuid(65534)
+    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+    info = zygote._isolate()
+    servers = []
+    for _ in range(2):  # the first server's exit must not end the namespace
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        servers.append(pid)
+        os.waitpid(pid, 0)
+    print(json.dumps({**info, "pid": os.getpid(), "servers": servers}), flush=True)
+    os._exit(3)
+    """)
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert run.returncode == 3, run.stderr
+    info = json.loads(run.stdout)
+    if not info["namespaces"]:
+        pytest.skip("no unprivileged user namespaces on this kernel")
+    assert info == {"root": False, "namespaces": True, "chroot": True, "pid": 1, "servers": [2, 3]}
 
 
 @pytest.mark.parametrize("attack", ["os.nice(-5)", "os.nice(1)", "os.mkfifo('f')",
