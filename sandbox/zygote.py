@@ -121,9 +121,10 @@ def _preload() -> dict:
 class Zygote:
     def __init__(self, requests: int, replies: int, uid_base: int):
         self.requests, self.replies = requests, replies
-        self.isolation = _isolate()
         sys.set_int_max_str_digits(0)  # 5000-digit answers; also lets compile() take big literals
+        # Import before the tmpfs covers /tmp: a checkout (and its venv) may live under /tmp.
         self.modules = _preload()
+        self.isolation = _isolate()
         prepare_zygote(self.modules)
         os.environ.clear()  # children inherit an empty environment
         self.bpf = seccomp_filter.build_bpf()
