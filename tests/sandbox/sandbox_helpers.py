@@ -1,5 +1,6 @@
 """Helpers shared by the sandbox tests (imported by name: pytest puts this folder on sys.path)."""
 import os
+import time
 
 import pytest
 
@@ -18,24 +19,35 @@ def call_problem(fn_name, tests, **kw) -> Problem:
         {"input": i, "output": o, "testtype": "functional"} for i, o in tests], **kw})
 
 
-def sandbox_processes(pool, marker=None, uids=()) -> list[int]:
-    """Live processes running as a sandbox uid (the pool's, and `uids`), or with the marker in
-    their command line."""
+def sandbox_processes(pool, marker=None, uids=(), settle=3.0) -> list[int]:
+    """Live (not zombie) processes running as a sandbox uid (the pool's, and `uids`), or with the
+    marker in their command line. Polls up to `settle` seconds for them to go: a process killed by
+    its parent-death signal exits asynchronously, a moment after its parent."""
     uids = ({w.info.get("uid") for w in pool._workers} | set(uids)) - {None}
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except (OSError, StopIteration):
-            continue
-        if uid in uids or (marker and marker.encode() in cmdline):
-            found.append(int(entry))
-    return found
+    deadline = time.monotonic() + settle
+    while True:
+        found = [pid for pid in _live_pids() if _belongs(pid, uids, marker)]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _live_pids():
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _belongs(pid, uids, marker) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    if fields.get("State", "").strip().startswith("Z"):
+        return False
+    uid = int(fields["Uid"].split()[0])
+    return uid in uids or bool(marker and marker.encode() in cmdline)
 
 
 def assert_untouched(pool, marker, tcp_server=None):
