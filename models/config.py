@@ -88,6 +88,15 @@ class ModelConfig:
                 f"{source}: architecture {arch_name or hf.get('model_type')!r} is not supported; "
                 f"coderl runs {sorted(ARCHITECTURES)}")
 
+        # Variants whose weights or attention pattern this model does not implement: refuse them by
+        # name rather than load a model that silently computes something else.
+        unsupported = {"use_sliding_window": "sliding-window attention"}
+        if arch_name == "Qwen3ForCausalLM":
+            unsupported["attention_bias"] = "q/k/v/o biases on Qwen3"
+        for key, why in unsupported.items():
+            if hf.get(key):
+                raise ConfigError(f"{source}: {key}=true ({why}) is not supported")
+
         def need(key):
             if key not in hf:
                 raise ConfigError(f"{source}: missing required field {key!r}")

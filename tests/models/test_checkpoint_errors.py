@@ -78,3 +78,13 @@ def test_index_pointing_at_missing_shard(hf_model, tmp_path):
     next(iter(sorted(out.glob("model-*.safetensors")))).unlink()
     with pytest.raises(CheckpointError, match="model-00001-of"):
         models.load_hf(out)
+
+
+@pytest.mark.parametrize("variant, key", [("qwen2_tied", "use_sliding_window"), ("qwen3_tied", "attention_bias")])
+def test_unsupported_variants_are_refused_by_name(hf_model, variant, key):
+    folder, _ = hf_model(variant)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg[key] = True
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=key):
+        models.load_hf(folder)
