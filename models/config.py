@@ -163,7 +163,8 @@ class ModelConfig:
             tie_word_embeddings=self.tie_word_embeddings,
             max_position_embeddings=self.max_position_embeddings,
             rope_scaling=dict(self.rope_scaling) if self.rope_scaling else None,
-            torch_dtype=self.param_dtype,
+            torch_dtype=self.param_dtype,  # read by transformers < 5 and SGLang
+            dtype=self.param_dtype,  # read by transformers >= 5
             hidden_act="silu",
         )
         if self.arch == "qwen2":

@@ -86,7 +86,7 @@ def _hf_names(w: Weight, cfg: ModelConfig) -> list[str]:
 def load_hf(path, dtype=None, mesh=None, **runtime) -> tuple[ModelConfig, dict]:
     """Load a Hugging Face Qwen2/Qwen3 folder as (config, params).
 
-    dtype sets the parameter and compute dtype (default: the checkpoint's torch_dtype, else float32);
+    dtype sets the parameter and compute dtype (default: the checkpoint's dtype / torch_dtype, else float32);
     with a mesh every weight lands directly on its NamedSharding. Extra keyword arguments set runtime
     config fields (remat, attention, ...).
     """
@@ -95,7 +95,8 @@ def load_hf(path, dtype=None, mesh=None, **runtime) -> tuple[ModelConfig, dict]:
         raise CheckpointError(f"{path}: not a checkpoint folder")
     cfg = ModelConfig.from_file(path)
     if dtype is None:
-        dtype = dict(cfg.hf_extra).get("torch_dtype", '"float32"').strip('"')
+        extra = dict(cfg.hf_extra)  # transformers >= 5 writes "dtype", older versions "torch_dtype"
+        dtype = json.loads(extra.get("dtype", extra.get("torch_dtype", '"float32"')))
         dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
     dtype = jnp.dtype(dtype).name
     cfg = cfg.replace(param_dtype=dtype, dtype=runtime.pop("compute_dtype", dtype), **runtime)

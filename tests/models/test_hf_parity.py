@@ -126,3 +126,19 @@ def test_remat_policies_and_dtypes(hf_model):
     for c in (cfg16, cfg16.replace(dtype="bfloat16")):
         low = np.asarray(models.forward(params16, c, tokens, mask))
         assert np.abs(low - full)[mask == 1].max() < 0.1
+
+
+def test_bf16_checkpoint_loads_as_bf16_and_matches_transformers(hf_model, tmp_path):
+    folder, ref_model = hf_model("qwen3_tied")
+    ref_model = ref_model.to(torch.bfloat16)
+    ref_model.save_pretrained(tmp_path / "bf16")
+    cfg, params = models.load_hf(tmp_path / "bf16")
+    assert cfg.param_dtype == cfg.dtype == "bfloat16" and params["layers"]["q"].dtype == jax.numpy.bfloat16
+    tokens, mask = left_padded_batch(cfg.vocab_size)
+    ours = np.asarray(models.forward(params, cfg, tokens, mask))
+    with torch.no_grad():
+        ref = ref_model(torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask)).logits.float().numpy()
+    assert np.abs(ours - ref)[mask == 1].max() < 0.05
+    out = models.save_hf(tmp_path / "export", cfg, params)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.dtype == torch.bfloat16
