@@ -96,6 +96,8 @@ class ModelConfig:
         for key, why in unsupported.items():
             if hf.get(key):
                 raise ConfigError(f"{source}: {key}=true ({why}) is not supported")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"{source}: hidden_act={hf['hidden_act']!r} is not supported (the MLP is SwiGLU)")
 
         def need(key):
             if key not in hf:
@@ -107,7 +109,8 @@ class ModelConfig:
         if not isinstance(rope, dict):
             raise ConfigError(f"{source}: rope_parameters must be an object, got {type(rope).__name__}")
         hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-        head_dim = hf.get("head_dim") or hidden // heads
+        # Qwen3Config's own default is 128, not hidden / heads, when config.json has no head_dim.
+        head_dim = hf.get("head_dim", 128 if arch_name == "Qwen3ForCausalLM" else None) or hidden // heads
         known = {"architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
                  "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
                  "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "rope_scaling", "rope_parameters"}
@@ -121,11 +124,11 @@ class ModelConfig:
             num_heads=heads,
             num_kv_heads=int(hf.get("num_key_value_heads") or heads),
             head_dim=int(head_dim),
-            rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
+            rope_theta=float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
-            rope_scaling=_parse_rope_scaling(hf.get("rope_scaling") or rope, source),
+            rope_scaling=_parse_rope_scaling(hf.get("rope_scaling") or rope, hf, source),
             hf_extra=extra,
             **runtime,
         )
@@ -157,7 +160,6 @@ class ModelConfig:
             num_hidden_layers=self.num_layers,
             num_attention_heads=self.num_heads,
             num_key_value_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
             rope_theta=self.rope_theta,
             rms_norm_eps=self.rms_norm_eps,
             tie_word_embeddings=self.tie_word_embeddings,
@@ -167,6 +169,9 @@ class ModelConfig:
             dtype=self.param_dtype,  # read by transformers >= 5
             hidden_act="silu",
         )
+        # Qwen2Config has no head_dim field: write it only where it overrides hidden / heads.
+        if self.arch == "qwen3" or self.head_dim != self.hidden_size // self.num_heads:
+            hf["head_dim"] = self.head_dim
         if self.arch == "qwen2":
             hf.setdefault("use_sliding_window", False)
         else:
@@ -181,23 +186,34 @@ class ModelConfig:
         if not self.rope_scaling:
             return inv_freq, 1.0
         rs = dict(self.rope_scaling)
-        s, l0 = float(rs["factor"]), float(rs["original_max_position_embeddings"])
-        beta_fast, beta_slow = float(rs.get("beta_fast", 32.0)), float(rs.get("beta_slow", 1.0))
+        l0 = float(rs["original_max_position_embeddings"])
+        # As transformers: a null factor is the context extension, null betas take the defaults.
+        s = float(rs.get("factor") or self.max_position_embeddings / l0)
+        beta_fast, beta_slow = float(rs.get("beta_fast") or 32.0), float(rs.get("beta_slow") or 1.0)
 
         def corr(rotations):  # dimension index whose wavelength fits `rotations` turns in l0 tokens
             return d * math.log(l0 / (2 * math.pi * rotations)) / (2 * math.log(base))
 
-        low = max(math.floor(corr(beta_fast)), 0)
-        high = min(math.ceil(corr(beta_slow)), d - 1)
+        low, high = corr(beta_fast), corr(beta_slow)
+        if rs.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, d - 1)
         if low == high:
             high += 0.001  # avoid a zero-width ramp
         ramp = np.clip((np.arange(d // 2) - low) / (high - low), 0.0, 1.0)
         inv_freq = inv_freq / s * ramp + inv_freq * (1.0 - ramp)
-        mscale = rs.get("attention_factor") or (0.1 * math.log(s) + 1.0 if s > 1 else 1.0)
+
+        def yarn_mscale(scale, m=1.0):
+            return 0.1 * m * math.log(scale) + 1.0 if scale > 1 else 1.0
+
+        mscale = rs.get("attention_factor")
+        if mscale is None:
+            m, m_all = rs.get("mscale"), rs.get("mscale_all_dim")  # DeepSeek-style configs
+            mscale = yarn_mscale(s, m) / yarn_mscale(s, m_all) if m and m_all else yarn_mscale(s)
         return inv_freq, float(mscale)
 
 
-def _parse_rope_scaling(rs: Any, source: str) -> tuple:
+def _parse_rope_scaling(rs: Any, hf: dict[str, Any], source: str) -> tuple:
     if not rs:
         return ()
     if not isinstance(rs, dict):
@@ -207,9 +223,11 @@ def _parse_rope_scaling(rs: Any, source: str) -> tuple:
         return ()
     if kind != "yarn":
         raise ConfigError(f"{source}: rope_scaling type {kind!r} is not supported (only 'yarn')")
-    for key in ("factor", "original_max_position_embeddings"):
-        if key not in rs:
-            raise ConfigError(f"{source}: rope_scaling is missing {key!r}")
+    if "factor" not in rs:
+        raise ConfigError(f"{source}: rope_scaling is missing 'factor'")
     keep = {k: v for k, v in rs.items() if k not in ("type", "rope_theta")}
     keep["rope_type"] = "yarn"
+    # Where transformers finds L0: a top-level key first (Phi-3 style), else the training context.
+    l0 = hf.get("original_max_position_embeddings") or rs.get("original_max_position_embeddings")
+    keep["original_max_position_embeddings"] = l0 or hf.get("max_position_embeddings", 32768)
     return tuple(sorted(keep.items()))

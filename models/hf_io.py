@@ -102,12 +102,19 @@ def load_hf(path, dtype=None, mesh=None, **runtime) -> tuple[ModelConfig, dict]:
     cfg = cfg.replace(param_dtype=dtype, dtype=runtime.pop("compute_dtype", dtype), **runtime)
 
     files = _weight_files(path)
+    reader = _Reader(files)
+    if cfg.tie_word_embeddings and {"lm_head.weight", "model.embed_tokens.weight"} <= files.keys():
+        # transformers >= 5 unties a tied config whose checkpoint ships an lm_head that differs from the
+        # embedding, and then uses both as stored; an identical copy is merely redundant.
+        shape = (cfg.vocab_size, cfg.hidden_size)
+        if not np.array_equal(reader.read("lm_head.weight", shape), reader.read("model.embed_tokens.weight", shape)):
+            cfg = cfg.replace(tie_word_embeddings=False)
     table = weight_table(cfg)
     wanted = {name for w in table for name in _hf_names(w, cfg)}
     missing = sorted(wanted - files.keys())
     if missing:
         raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    # A tied model may still ship lm_head.weight (a copy of the embedding): harmless, so skip it.
+    # A tied model may still ship lm_head.weight, an identical copy of the embedding: skip it.
     unexpected = sorted(files.keys() - wanted - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
     unexpected = [n for n in unexpected if not n.endswith("rotary_emb.inv_freq")]
     if unexpected:
@@ -116,7 +123,6 @@ def load_hf(path, dtype=None, mesh=None, **runtime) -> tuple[ModelConfig, dict]:
             f"(check config.json's architectures and tie_word_embeddings)")
 
     shardings = param_shardings(cfg, mesh) if mesh is not None else None
-    reader = _Reader(files)
     np_dtype = jnp.dtype(dtype)
 
     def load(w: Weight):
