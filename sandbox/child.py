@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from . import seccomp_filter
 from .compare import encode_return
+from .grader import cpu_seconds
 from .linux import PR_SET_DUMPABLE, PR_SET_PDEATHSIG, check, libc
 from .problem import call_args
 
@@ -72,7 +73,7 @@ def _lock_down(job: Job, fds: tuple[int, ...]) -> None:
     if os.getppid() != job.zygote_pid:
         os._exit(SETUP_FAILED)
     check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "PR_SET_DUMPABLE")
-    cpu = max(1, int(job.time_limit + 0.999))
+    cpu = cpu_seconds(job.time_limit)
     limits = [
         (resource.RLIMIT_AS, job.memory_bytes),
         (resource.RLIMIT_CPU, cpu, cpu + 1),

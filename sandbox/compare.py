@@ -10,6 +10,7 @@ objects) and compares it the way LiveCodeBench does.
 from __future__ import annotations
 
 import json
+import re
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
 from fractions import Fraction
 
@@ -18,9 +19,9 @@ from .problem import loads_json
 FLOAT_TOLERANCE = 1e-4
 
 
-def _numbers(line: str) -> list[Decimal] | None:
+def _numbers(tokens: list[str]) -> list[Decimal] | None:
     try:
-        return [Decimal(tok) for tok in line.split()]
+        return [Decimal(tok) for tok in tokens]
     except ArithmeticError:  # LCB: any failure means "not numbers" (e.g. an exponent past 10**18)
         return None
 
@@ -31,11 +32,21 @@ def _numbers(line: str) -> list[Decimal] | None:
 _TOLERANCE_CONTEXT = Context(prec=28, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOperation])
 
 
+_TOKEN = re.compile(r"\S+")  # str.split()'s tokens (both use Python's Unicode whitespace)
+
+
 def _line_equal(got: str, want: str, tolerance: float | None) -> bool | None:
     if got == want:
         return True
-    a, b = _numbers(got), _numbers(want)
-    if a is None or b is None or len(a) != len(b):
+    # Unequal token counts fail whatever the tokens are. Count the program's tokens lazily and
+    # stop past the expected count: a 64 MiB line of "1 1 1 ..." would otherwise become 32M
+    # Decimals (4 GB and seconds in the grading process) before the counts are compared.
+    want_tokens = want.split()
+    got_tokens = [m.group() for _, m in zip(range(len(want_tokens) + 1), _TOKEN.finditer(got))]
+    if len(got_tokens) != len(want_tokens):
+        return False
+    a, b = _numbers(got_tokens), _numbers(want_tokens)
+    if a is None or b is None:
         return False
     try:
         if tolerance is None:
@@ -54,10 +65,12 @@ def stdout_matches(got: str, want: str, tolerance: float | None = None) -> bool 
     or as whitespace-separated Decimals ("1.0" == "1", "1e3" == "1000"). Lines are checked in
     order and the first unequal line decides. None: comparing the Decimals raised (a signalling
     "sNaN"), which LiveCodeBench reports as a runtime error."""
-    got_lines = [line.strip() for line in got.strip().split("\n")]
-    want_lines = [line.strip() for line in want.strip().split("\n")]
-    if len(got_lines) != len(want_lines):
+    got, want = got.strip(), want.strip()
+    # Line counts first, before splitting: 64 MiB of "1\n" would be 32M strings.
+    if got.count("\n") != want.count("\n"):
         return False
+    got_lines = [line.strip() for line in got.split("\n")]
+    want_lines = [line.strip() for line in want.split("\n")]
     for g, w in zip(got_lines, want_lines):
         equal = _line_equal(g, w, tolerance)
         if not equal:
@@ -217,11 +230,41 @@ def decode_return(text: str):
     return _decode(loads_json(text))
 
 
+JSON_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"')  # a JSON string literal
+_NODE_FACTOR = 8  # an equal value costs at most ~7 per expected element (a complex npscalar)
+
+
+def json_size(text: str, limit: float = float("inf")) -> int:
+    """A cheap measure of the number of values in JSON text, without parsing it: the separators
+    and brackets outside strings, plus one per string. Stops counting once past `limit`, so a
+    forged text costs at most ~limit steps (each string counts, so 64 MiB of '""' stops soon)."""
+    size, pos = 0, 0
+    for m in JSON_STRING.finditer(text):
+        size += 1 + sum(text.count(c, pos, m.start()) for c in ",:[{")
+        if size > limit:
+            return size
+        pos = m.end()
+    return size + sum(text.count(c, pos) for c in ",:[{")
+
+
+def _too_big_to_equal(got_text: str, want_json: str) -> bool:
+    """Whether the returned value has far more elements than the expected one, so it cannot be
+    equal: up to 64 MiB of "[[],[],...]" from the child would take the grading process 25 s and
+    3 GB to rebuild."""
+    bound = _NODE_FACTOR * (json_size(want_json) + 8)
+    quick = sum(got_text.count(c) for c in ',:[{"')  # an overestimate: strings' contents count
+    return quick > bound and json_size(got_text, bound) > bound
+
+
 def typed_return_matches(got_text: str, want_json: str, unwrap: bool = False) -> bool | None:
     """LiveCodeBench's call-based check on the rebuilt return value: a top-level tuple becomes a
     list, then `prediction == expected`; a failing or raising comparison fails the test; a numpy
     array result counts by its first element. Returns None when LCB's comparison itself raises
     (LCB then reports a runtime error)."""
+    if _too_big_to_equal(got_text, want_json):
+        # Not equal; but a top-level numpy array that large (or empty) makes LCB's comparison
+        # raise (an ambiguous truth value, or shapes that do not broadcast): a runtime error.
+        return None if got_text.startswith('{"ndarray": ') else False
     try:
         got, want = decode_return(got_text), loads_json(want_json)
     except (ValueError, TypeError, OverflowError, RecursionError, ArithmeticError):

@@ -6,7 +6,7 @@ import json
 import signal
 from dataclasses import dataclass
 
-from .compare import FLOAT_TOLERANCE, stdout_matches, typed_return_matches
+from .compare import FLOAT_TOLERANCE, json_size, stdout_matches, typed_return_matches
 from .problem import Problem, Test, check_memory_mb, check_time_limit
 from .results import GradeResult, TestResult, Verdict
 
@@ -34,6 +34,11 @@ class Options:
             check_time_limit(self.time_limit)
         if self.memory_mb is not None:
             check_memory_mb(self.memory_mb)
+
+
+def cpu_seconds(time_limit: float) -> int:
+    """A test's soft RLIMIT_CPU, set by the child (the hard limit is one second more)."""
+    return max(1, int(time_limit + 0.999))
 
 
 def run_order(problem: Problem) -> list[int]:
@@ -75,8 +80,10 @@ def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: in
         return Verdict.SANDBOX_ERROR
     status = parse_status(run["status"])
     code = run["exit"]
-    if run["timed_out"] or code == -signal.SIGXCPU or (
-            code == -signal.SIGKILL and run["cpu"] >= time_limit):
+    # SIGXCPU counts only when the CPU limit was reached: the program can raise it itself
+    # (tgkill), or lower its own RLIMIT_CPU, to pass a quick failure off as a time limit.
+    cpu_limit_hit = code == -signal.SIGXCPU and run["cpu"] >= cpu_seconds(time_limit) - 0.1
+    if run["timed_out"] or cpu_limit_hit or (code == -signal.SIGKILL and run["cpu"] >= time_limit):
         return Verdict.TIME_LIMIT
     # CPython ignores SIGXFSZ, so a flood usually ends as EFBIG with a capture file at the cap.
     sizes = run["stdout_size"], run["stderr_size"], run["status_size"]
@@ -109,6 +116,7 @@ def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: in
 # The child's status (its fd 3) is written by the harness, but the solution can write it too.
 # The zygote already passes on only the keys and types the harness writes; the grader does not
 # rely on that and checks again: a forged status can fail a test, never crash the grader.
+_STATUS_SKELETON = 100
 _STATUS_TYPES = {"ok": bool, "typed": str, "error": str, "errno": int, "detail": str}
 
 
@@ -116,8 +124,17 @@ def parse_status(raw) -> dict:
     """The child's status: the known keys with the types the harness writes ({} if mangled)."""
     if not isinstance(raw, (bytes, str)) or not raw:
         return {}
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        return {}
+    # The harness writes one flat object of a few keys: its size (compare.json_size) is tiny.
+    # A forged 64 MiB "[[],[],...]" would cost json.loads seconds and gigabytes (in the root
+    # server, then here): refused by this cheap look first.
+    if json_size(text, _STATUS_SKELETON) > _STATUS_SKELETON:
+        return {}
     try:  # numbers the harness writes are errnos: a long digit string would parse in O(n^2)
-        status = json.loads(raw, parse_int=lambda s: int(s) if len(s) < 20 else None,
+        status = json.loads(text, parse_int=lambda s: int(s) if len(s) < 20 else None,
                             parse_float=lambda s: None)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return {}
