@@ -69,11 +69,6 @@ class ModelConfig:
     def qk_norm(self) -> bool:
         return self.arch == "qwen3"
 
-    @property
-    def compute_dtype(self) -> np.dtype:
-        import jax.numpy as jnp
-        return jnp.dtype(self.dtype)
-
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 

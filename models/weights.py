@@ -133,10 +133,6 @@ def abstract_params(cfg: ModelConfig) -> dict:
     return map_weights(cfg, lambda w: jax.ShapeDtypeStruct(full_shape(w, cfg), dtype))
 
 
-def logical_axes(cfg: ModelConfig) -> dict:
-    return map_weights(cfg, full_axes)
-
-
 def init_params(cfg: ModelConfig, key: jax.Array, std: float = 0.02) -> dict:
     """Random init (normal(0, std) matrices, unit norms, zero biases), as transformers does."""
     dtype = jnp.dtype(cfg.param_dtype)

@@ -6,12 +6,18 @@ import optax
 
 import models
 from models.sharding import batch_sharding
+from models.weights import abstract_params
 
 
 def test_sharded_training_step_matches_single_device():
     cfg = models.ModelConfig(arch="qwen3", vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2,
                              num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=False)
     params = models.init_params(cfg, jax.random.key(0))
+    # The abstract pytree (for checkpoint restores and eval_shape) describes exactly these arrays.
+    abstract = abstract_params(cfg)
+    assert jax.tree.structure(abstract) == jax.tree.structure(params)
+    assert all(a.shape == p.shape and a.dtype == p.dtype
+               for a, p in zip(jax.tree.leaves(abstract), jax.tree.leaves(params)))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, (8, 16)).astype(np.int32)
     mask = np.ones_like(tokens)
