@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +27,8 @@ import transformers
 import models
 from models.sampler import generate
 
-FULL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, head_dim=64,
-            intermediate_size=2048, vocab_size=32768, tie_word_embeddings=True)
-QUICK = dict(FULL, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=768, vocab_size=8192)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import QWEN3_100M, QWEN3_QUICK, random_qwen3_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -73,17 +73,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.quick:
         args.new_tokens = min(args.new_tokens, 32)
-    hf_kwargs = QUICK if args.quick else FULL
+    hf_kwargs = QWEN3_QUICK if args.quick else QWEN3_100M
     B, T, N = args.batch, args.prompt_len, args.new_tokens
     torch_threads = list(dict.fromkeys((1, args.threads)))
 
-    torch.manual_seed(0)
-    hf_model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**hf_kwargs, max_position_embeddings=4096))
-    hf_model = hf_model.eval()
-    hf_model.generation_config.eos_token_id = None  # every run decodes exactly N tokens
     with tempfile.TemporaryDirectory() as folder:
-        hf_model.save_pretrained(folder)
+        hf_model = random_qwen3_checkpoint(hf_kwargs, Path(folder))
         cfg, params = models.load_hf(folder, remat="none")
+    hf_model.generation_config.eos_token_id = None  # every run decodes exactly N tokens
     n_params = sum(x.size for x in jax.tree.leaves(params))
     # A decode step reads every weight except the embedding table (only B rows are gathered), unless tied.
     step_bytes = sum(x.nbytes for x in jax.tree.leaves(params)) - (0 if cfg.tie_word_embeddings else

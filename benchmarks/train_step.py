@@ -33,11 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# ~100M parameters: the Qwen3 shape family at GPT-2-small width, tied embeddings.
-FULL = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, head_dim=64,
-            intermediate_size=2048, vocab_size=32768, tie_word_embeddings=True)
-QUICK = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-             intermediate_size=768, vocab_size=8192, tie_word_embeddings=True)
+from benchmarks.common import QWEN3_100M, QWEN3_QUICK, random_qwen3_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -127,20 +123,6 @@ def matmul_peak(m: int, repeats: int, threads: int) -> dict[str, float]:
 
 # ---- the two sides -----------------------------------------------------------------------------
 
-def build_checkpoint(hf: dict, dtype: str, seed: int, folder: Path):
-    import torch
-    import transformers
-
-    torch.manual_seed(seed)
-    config = transformers.Qwen3Config(**hf, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=4096,
-                                      attention_dropout=0.0)
-    model = transformers.Qwen3ForCausalLM(config)
-    model.save_pretrained(folder)  # float32 on disk; each side casts to the benchmark dtype
-    model = model.to(getattr(torch, dtype))
-    model.train()
-    return model
-
-
 def jax_step_fn(cfg):
     import jax
     import jax.numpy as jnp
@@ -165,7 +147,7 @@ def run(args) -> dict:
     import models
 
     torch.set_num_threads(args.threads)
-    hf = QUICK if args.quick else FULL
+    hf = QWEN3_QUICK if args.quick else QWEN3_100M
     n = count_params(hf)
     flops = step_flops(hf, args.batch, args.seq_len)
     tokens_per_step = args.batch * args.seq_len
@@ -185,7 +167,8 @@ def run(args) -> dict:
           f"{peak['torch'] / 1e9:.1f} GFLOP/s")
 
     with tempfile.TemporaryDirectory() as tmp:
-        torch_model = build_checkpoint(hf, args.dtype, args.seed, Path(tmp))
+        torch_model = random_qwen3_checkpoint(hf, Path(tmp), args.seed)  # float32 on disk
+        torch_model = torch_model.to(getattr(torch, args.dtype)).train()
         cfg, params = models.load_hf(tmp, dtype=args.dtype)
     tokens = np.random.default_rng(args.seed).integers(0, hf["vocab_size"], (args.batch, args.seq_len),
                                                        dtype=np.int32)
