@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 
 from sandbox import Problem, SandboxPool
+from sandbox.problem import call_args
 from sandbox.compare import encode_return, stdout_matches, typed_return_matches
 
 STDIN_CODE = "a, b = map(int, input().split())\nprint(a + b)\n"
@@ -102,7 +103,7 @@ def own_cpu(problems: list[Problem], code: str, call: bool) -> float:
         g = {"__name__": "__main__"}
         if call:
             exec(compiled, g)
-            encode_return(g["Solution"]().add(*[json.loads(l) for l in t.input.split("\n")]))
+            encode_return(g["Solution"]().add(*call_args(t.input, json.loads)))
         else:
             sys.stdin = io.StringIO(t.input)
             with redirect_stdout(io.StringIO()):

@@ -9,6 +9,7 @@ objects) and compares it the way LiveCodeBench does.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
@@ -51,13 +52,18 @@ def _line_equal(got: str, want: str, tolerance: float | None) -> bool | None:
     try:
         if tolerance is None:
             return a == b
-        ctx, tol = _TOLERANCE_CONTEXT, Decimal(str(tolerance))
+        ctx, tol = _TOLERANCE_CONTEXT, _decimal_tolerance(tolerance)
         # NaN compares unequal and infinities must match exactly, as with plain Decimal equality.
         return all(x == y or (x.is_finite() and y.is_finite() and
                               ctx.abs(ctx.subtract(x, y)) <= ctx.multiply(tol, max(Decimal(1), ctx.abs(y))))
                    for x, y in zip(a, b))
     except ArithmeticError:  # "sNaN" parses, but comparing it raises: LCB's grader errors out
         return None
+
+
+@functools.lru_cache(maxsize=8)
+def _decimal_tolerance(tolerance: float) -> Decimal:
+    return Decimal(str(tolerance))  # built once, not per compared line
 
 
 def stdout_matches(got: str, want: str, tolerance: float | None = None) -> bool | None:

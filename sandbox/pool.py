@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import atexit
 import functools
 import os
@@ -125,7 +126,7 @@ class SandboxPool:
         """Options (see grader.Options): all_tests, time_limit, memory_mb, float_tolerance."""
         if not isinstance(problem, Problem):
             problem = Problem.from_dict(problem)
-        opts = Options(**{**self.defaults.__dict__, **options})
+        opts = dataclasses.replace(self.defaults, **options)
         worker = self._idle.get()
         try:
             if self._closed:  # a worker used now would start a zygote that nothing stops

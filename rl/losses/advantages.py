@@ -15,7 +15,10 @@ def groups_with_signal(rewards, group_size):
 
     DAPO's dynamic sampling keeps only these groups: an all-equal group has zero advantage.
     """
-    rewards_ng = _grouped(rewards, group_size)
+    return _signal(_grouped(rewards, group_size))
+
+
+def _signal(rewards_ng):
     return jnp.any(rewards_ng != rewards_ng[..., :1], axis=-1)
 
 
@@ -31,5 +34,5 @@ def compute_advantages(rewards, group_size, *, normalize_std=True, ddof=1, eps=1
     if normalize_std and group_size > 1:
         centered_ng = centered_ng / (rewards_ng.std(axis=-1, ddof=ddof, keepdims=True) + eps)
     # Exact zeros for all-equal groups: the float mean of equal rewards can miss them by an ulp.
-    signal_ng = groups_with_signal(rewards, group_size)[..., None]
+    signal_ng = _signal(rewards_ng)[..., None]
     return jnp.where(signal_ng, centered_ng, 0.0).reshape(rewards_ng.shape[:-2] + (-1,))

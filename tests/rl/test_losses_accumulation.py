@@ -10,10 +10,7 @@ from rl.losses import loss_normalizers, policy_loss
 SPLITS = (0, 2, 3, 6)  # uneven micro-batches [0:2], [2:3], [3:6]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def loss_fn(objective, batch, **options):

@@ -15,10 +15,7 @@ from rl.losses import (OBJECTIVES, alias, apply_overlong_filter, compute_advanta
                        groups_with_signal, loss_normalizers, policy_loss, register)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def dapo_token_loss(batch, eps_low=0.2, eps_high=0.28):

@@ -10,10 +10,7 @@ from rl.losses import policy_loss
 EPS = {"grpo": (0.2, 0.2), "dapo": (0.2, 0.28), "gspo": (3e-4, 4e-4), "gspo_plus": (3e-4, 4e-4)}
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def clipped(ratio, advantage, objective):

@@ -14,10 +14,7 @@ ADVANTAGES = np.array([1.0, -0.5])
 WIDE = {"eps_low": 0.2, "eps_high": 0.28}
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def loss(objective, logp=LOGP, **options):

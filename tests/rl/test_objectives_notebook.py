@@ -11,7 +11,6 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("**/*.ipynb"))
 
 
 def test_objectives_notebook_runs(monkeypatch):
-    monkeypatch.setenv("MPLBACKEND", "Agg")  # the kernel inherits the environment
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     pythonpath = [str(REPO), os.environ.get("PYTHONPATH")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, pythonpath)))
@@ -20,7 +19,8 @@ def test_objectives_notebook_runs(monkeypatch):
                                      resources={"metadata": {"path": str(REPO)}})
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
-    assert not [output for output in outputs if output.output_type == "error"]
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(figures) >= 3  # the surrogate, gradient-weight and overlong plots all rendered
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
