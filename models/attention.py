@@ -1,7 +1,9 @@
 """Causal grouped-query attention over a key/value sequence that may be a KV cache.
 
 Queries sit at cache slots q_offset .. q_offset+T-1; query t sees key slot s when s <= q_offset + t
-and kv_valid[b, s]. Causality follows slots, not RoPE positions, so left padding just works.
+and kv_valid[b, s]. Causality follows slots, not RoPE positions, so left padding just works. With
+segment ids (sequence packing: several sequences in one row) query t also needs
+q_segment[b, t] == kv_segment[b, s], so attention never crosses from one packed sequence to another.
 
 Three paths: `reference_attention` builds the [T, S] scores; `blockwise_attention` is FlashAttention-2
 in pure JAX (any backend, memory O(T + block^2) per head); "cudnn" is jax.nn.dot_product_attention's
@@ -19,7 +21,7 @@ from models.config import ModelConfig
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so fully padded rows stay NaN-free
 
 
-def reference_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
+def reference_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, *, q_segment_BT=None, kv_segment_BS=None):
     """Plain softmax attention that builds the [T, S] score matrix; the path to check others against."""
     B, T, N, H = q_BTNH.shape
     K = k_BSKH.shape[2]
@@ -29,19 +31,24 @@ def reference_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
     k_BKSH, v_BKSH = k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3)
     scores_BKGTS = jnp.einsum("BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH,
                               preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(H))
-    visible_BTS = causal_visibility(T, k_BSKH.shape[1], q_offset, kv_valid_BS)
+    visible_BTS = causal_visibility(T, k_BSKH.shape[1], q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)
     scores_BKGTS = jnp.where(visible_BTS[:, None, None], scores_BKGTS, MASKED)
     probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKH.dtype)
     out_BKGTH = jnp.einsum("BKGTS,BKSH->BKGTH", probs_BKGTS, v_BKSH)
     return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
-def causal_visibility(T: int, S: int, q_offset, kv_valid_BS):
+def causal_visibility(T: int, S: int, q_offset, kv_valid_BS, q_segment_BT=None, kv_segment_BS=None):
+    """[B, T, S] bool: causal, valid keys and, given segment ids, the query's own segment only."""
     q_slot_T = q_offset + jnp.arange(T)
-    return (jnp.arange(S)[None, :] <= q_slot_T[:, None])[None] & kv_valid_BS[:, None, :].astype(bool)
+    visible_BTS = (jnp.arange(S)[None, :] <= q_slot_T[:, None])[None] & kv_valid_BS[:, None, :].astype(bool)
+    if q_segment_BT is not None:
+        visible_BTS &= q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]
+    return visible_BTS
 
 
-def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, block: int):
+def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, block: int, *, q_segment_BT=None,
+                        kv_segment_BS=None):
     """Same result as `reference_attention` on every row that sees at least one key, without the [T, S]
     scores: online softmax over tiles of `block` queries x `block` keys, skipping tiles that lie wholly
     above the causal diagonal. Rows that see no key (left padding) give zeros and pass no gradient.
@@ -54,17 +61,22 @@ def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, block: in
     k_BSKH = jnp.pad(k_BSKH, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
     v_BSKH = jnp.pad(v_BSKH, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
     kv_valid_BS = jnp.pad(kv_valid_BS.astype(bool), ((0, 0), (0, pad_s)))  # padded keys are invisible
+    if q_segment_BT is None:  # one segment per row: every comparison is true
+        q_segment_BT, kv_segment_BS = jnp.zeros((B, T), jnp.int32), jnp.zeros((B, S), jnp.int32)
+    q_segment_BT = jnp.pad(jnp.asarray(q_segment_BT, jnp.int32), ((0, 0), (0, pad_t)))
+    kv_segment_BS = jnp.pad(jnp.asarray(kv_segment_BS, jnp.int32), ((0, 0), (0, pad_s)))
     q_offset = jnp.asarray(q_offset, jnp.int32)
-    out_BTKGH = _flash(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)
+    out_BTKGH = _flash(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)
     return out_BTKGH.reshape(B, T + pad_t, N, H)[:, :T]
 
 
-def _tile_scores(q_BTKGH, k_BSKH, valid_BS, q_start, k_start):
+def _tile_scores(q_BTKGH, k_BSKH, valid_BS, q_segment_BT, kv_segment_BS, q_start, k_start):
     """Scaled scores of one tile in float32, -inf where a key is not visible."""
     bq, bk, H = q_BTKGH.shape[1], k_BSKH.shape[1], q_BTKGH.shape[-1]
     scores_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
                               preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(H))
-    visible_BTS = causal_visibility(bq, bk, q_start - k_start, valid_BS)  # slots relative to the key tile
+    # Slots relative to the key tile.
+    visible_BTS = causal_visibility(bq, bk, q_start - k_start, valid_BS, q_segment_BT, kv_segment_BS)
     return jnp.where(visible_BTS[:, None, None], scores_BKGTS, -jnp.inf)
 
 
@@ -79,24 +91,24 @@ def _first_query_block(q_offset, j, bq, bk, nq):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _flash(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
-    return _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)[0]
+def _flash(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS):
+    return _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)[0]
 
 
-def _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
+def _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS):
     B, T, K, G, H = q_BTKGH.shape
     nq, nk = T // bq, k_BSKH.shape[1] // bk
 
     def q_block(i, carry):
         out_BTKGH, lse_BKGT = carry
-        q_blk = jax.lax.dynamic_slice_in_dim(q_BTKGH, i * bq, bq, axis=1)
+        q_blk, qseg_blk = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1) for x in (q_BTKGH, q_segment_BT))
         q_start = q_offset + i * bq
 
         def kv_block(j, c):
             m_BKGT, l_BKGT, acc_BKGTH = c
-            k_blk, v_blk, valid_BS = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
-                                      for x in (k_BSKH, v_BSKH, kv_valid_BS))
-            scores_BKGTS = _tile_scores(q_blk, k_blk, valid_BS, q_start, j * bk)
+            k_blk, v_blk, valid_BS, kvseg_blk = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
+                                                 for x in (k_BSKH, v_BSKH, kv_valid_BS, kv_segment_BS))
+            scores_BKGTS = _tile_scores(q_blk, k_blk, valid_BS, qseg_blk, kvseg_blk, q_start, j * bk)
             # m starts finite (MASKED), so invisible scores (-inf) give exp(-inf) = 0, never NaN.
             m_new = jnp.maximum(m_BKGT, scores_BKGTS.max(axis=-1))
             p_BKGTS = jnp.exp(scores_BKGTS - m_new[..., None])
@@ -117,12 +129,13 @@ def _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
 
     out_BTKGH, lse_BKGT = jax.lax.fori_loop(
         0, nq, q_block, (jnp.zeros_like(q_BTKGH), jnp.zeros((B, K, G, T), jnp.float32)))
-    return out_BTKGH, (q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, out_BTKGH, lse_BKGT)
+    residuals = (q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS, out_BTKGH, lse_BKGT)
+    return out_BTKGH, residuals
 
 
 def _flash_bwd(bq, bk, residuals, dout_BTKGH):
     """FlashAttention-2 backward: per key tile, walk the query tiles that see it, recomputing P."""
-    q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, out_BTKGH, lse_BKGT = residuals
+    q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS, out_BTKGH, lse_BKGT = residuals
     T, H = q_BTKGH.shape[1], q_BTKGH.shape[-1]
     nq, nk = T // bq, k_BSKH.shape[1] // bk
     scale = 1.0 / jnp.sqrt(jnp.float32(H))
@@ -131,15 +144,16 @@ def _flash_bwd(bq, bk, residuals, dout_BTKGH):
 
     def kv_block(j, carry):
         dq_BTKGH, dk_BSKH, dv_BSKH = carry
-        k_blk, v_blk, valid_BS = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
-                                  for x in (k_BSKH, v_BSKH, kv_valid_BS))
+        k_blk, v_blk, valid_BS, kvseg_blk = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
+                                             for x in (k_BSKH, v_BSKH, kv_valid_BS, kv_segment_BS))
 
         def q_block(i, c):
             dq_BTKGH, dk_blk, dv_blk = c
-            q_blk, dout_blk, dq_blk = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1)
-                                       for x in (q_BTKGH, dout_BTKGH, dq_BTKGH))
+            q_blk, dout_blk, dq_blk, qseg_blk = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1)
+                                                 for x in (q_BTKGH, dout_BTKGH, dq_BTKGH, q_segment_BT))
             lse_blk, delta_blk = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3) for x in (lse_BKGT, delta_BKGT))
-            p_BKGTS = jnp.exp(_tile_scores(q_blk, k_blk, valid_BS, q_offset + i * bq, j * bk) - lse_blk[..., None])
+            scores_BKGTS = _tile_scores(q_blk, k_blk, valid_BS, qseg_blk, kvseg_blk, q_offset + i * bq, j * bk)
+            p_BKGTS = jnp.exp(scores_BKGTS - lse_blk[..., None])
             dv_blk += jnp.einsum("BKGTS,BTKGH->BSKH", p_BKGTS.astype(dout_blk.dtype), dout_blk,
                                  preferred_element_type=jnp.float32)
             dp_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", dout_blk, v_blk, preferred_element_type=jnp.float32)
@@ -159,13 +173,13 @@ def _flash_bwd(bq, bk, residuals, dout_BTKGH):
             jnp.zeros(v_BSKH.shape, jnp.float32))
     dq_BTKGH, dk_BSKH, dv_BSKH = jax.lax.fori_loop(0, nk, kv_block, init)
     return (dq_BTKGH.astype(q_BTKGH.dtype), dk_BSKH.astype(k_BSKH.dtype), dv_BSKH.astype(v_BSKH.dtype),
-            None, None)
+            None, None, None, None)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
+def cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, *, q_segment_BT=None, kv_segment_BS=None):
     """cuDNN's fused kernel (GPU only, bf16/fp16 inputs). Left padding and a cache offset do not fit its
     causal/padding mask types, so visibility goes in as a mask, which cuDNN turns into a [B, 1, T, S]
     bias: O(T*S) memory shared by all heads, unlike the reference's per-head float32 scores."""
@@ -173,18 +187,23 @@ def cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
         raise RuntimeError(f"attention='cudnn' needs a GPU (cuDNN); this process runs JAX on "
                            f"{jax.default_backend()!r}: use 'blockwise' or 'auto' there")
     T, S = q_BTNH.shape[1], k_BSKH.shape[1]
-    visible_B1TS = causal_visibility(T, S, q_offset, kv_valid_BS)[:, None]
+    visible_B1TS = causal_visibility(T, S, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)[:, None]
     return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=visible_B1TS, implementation="cudnn")
 
 
-def attention(cfg: ModelConfig, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS):
+def attention(cfg: ModelConfig, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, *, q_segment_BT=None,
+              kv_segment_BS=None):
+    """Dispatch on cfg.attention; segment ids (both or neither) keep packed sequences apart."""
+    if (q_segment_BT is None) != (kv_segment_BS is None):
+        raise ValueError("pass both q_segment_BT and kv_segment_BS, or neither")
+    segments = dict(q_segment_BT=q_segment_BT, kv_segment_BS=kv_segment_BS)
     impl = cfg.attention
     if impl == "auto":
         impl = "blockwise" if k_BSKH.shape[1] >= cfg.blockwise_min_len and q_BTNH.shape[1] > 1 else "reference"
     if impl == "reference":
-        return reference_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)
+        return reference_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, **segments)
     if impl == "blockwise":
-        return blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, cfg.attention_block)
+        return blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, cfg.attention_block, **segments)
     if impl == "cudnn":
-        return cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)
+        return cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, **segments)
     raise NotImplementedError(f"attention implementation {impl!r}")

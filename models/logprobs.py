@@ -101,13 +101,17 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 @functools.partial(jax.jit, static_argnames=("config", "return_entropy", "chunk_size", "temperature"))
 def token_logprobs(params, config: ModelConfig, tokens, attention_mask=None, positions=None, *,
-                   return_entropy: bool = False, chunk_size: int = DEFAULT_CHUNK, temperature: float = 1.0):
+                   return_entropy: bool = False, chunk_size: int = DEFAULT_CHUNK, temperature: float = 1.0,
+                   segment_ids=None):
     """[B, T-1] float32: [:, t] = log p(tokens[:, t+1] | tokens[:, :t+1]) under logits / temperature
     (the sampler's definition). With return_entropy, also the predictive entropies [B, T-1]. Where
     attention_mask[:, :-1] & attention_mask[:, 1:] is 0 (padding, and a left-padded row's first real
-    token, which has no context) values are finite but meaningless: mask them."""
-    tokens, mask, positions = model_inputs(tokens, attention_mask, positions)
-    h_BTD, _ = hidden_states(params, config, tokens, mask, positions)
+    token, which has no context) values are finite but meaningless: mask them. With segment_ids
+    (packed rows, 0 = padding) each segment sees only itself, so [:, t] is the logprob within token
+    t+1's own sequence, except at a segment's first token (no context there either)."""
+    tokens, mask, positions = model_inputs(tokens, attention_mask, positions, segment_ids)
+    h_BTD, _ = hidden_states(params, config, tokens, mask, positions,
+                             segment_ids_BT=None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32))
     B, T, D = h_BTD.shape
     out = chunked_logprobs(h_BTD[:, :-1].reshape(B * (T - 1), D), unembedding(params, config),
                            tokens[:, 1:].reshape(-1), chunk_size, return_entropy, temperature)

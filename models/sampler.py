@@ -6,13 +6,16 @@ Sampling parameters are per-row arrays, so a server can batch requests with diff
 top_p, top_k, max_new_tokens, stop tokens and seeds into one call (`generate_batch`).
 
 Semantics (SGLang's, with no_stop_trim):
-- temperature < 1e-6 is greedy; top_k <= 0 and top_p >= 1 switch those filters off.
-- top-k and top-p are applied jointly, both measured on the unfiltered distribution at the given
+- temperature < 1e-6 is greedy; top_k <= 0, top_p >= 1 and min_p <= 0 switch those filters off.
+- top-k, top-p and min-p are applied jointly, all measured on the unfiltered distribution at the given
   temperature (SGLang's "joint" filter order).
 - a completion's logprobs are log_softmax(logits / temperature) BEFORE filtering (raw logits when
   greedy); the matched stop token is included in the completion and nothing follows it.
 - a row's randomness depends on its seed and its index in the batch only (`jax.random.fold_in` of the
   row, then of the step), so a seed reproduces a batch and repeated prompts in one batch still differ.
+
+Decode steps run the unrolled layer loop of `models.decode` (weights sliced once per call, not once
+per step); the prompt prefill runs the scanned decoder.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.config import ModelConfig
+from models.decode import hidden_states_unrolled, split_cache, unstack_layers
 from models.transformer import default_positions, hidden_states, init_cache, unembedding
 
 GREEDY_BELOW = 1e-6
@@ -39,6 +43,7 @@ class SamplingParams:
     top_k: int = -1
     stop_token_ids: tuple[int, ...] = ()
     seed: int = 0
+    min_p: float = 0.0
 
 
 @dataclasses.dataclass
@@ -96,12 +101,12 @@ def generate_batch(params, config: ModelConfig, prompts: Sequence[Sequence[int]]
 
     temperature = column("temperature", np.float32, 0.0)
     top_p, top_k = column("top_p", np.float32, 1.0), column("top_k", np.int32, -1)
+    min_p = column("min_p", np.float32, 0.0)
     sampled = temperature >= GREEDY_BELOW
-    out = decode(params, config, tokens, mask, temperature, top_p, top_k,
+    out = decode(params, config, tokens, mask, temperature, top_p, top_k, min_p,
                  column("max_new_tokens", np.int32, 0), stop,
                  np.array([s.seed % 2**32 for s in sampling] + [0] * (B - n), np.uint32),
-                 max_new=N, sample=bool(sampled.any()),
-                 filtering=bool((sampled & ((top_k > 0) | (top_p < 1.0))).any()))
+                 max_new=N, sample=bool(sampled.any()), filtering=needs_filtering(temperature, top_p, top_k, min_p))
     tokens_BN, logprobs_BN, length_B, stopped_B = jax.device_get(out)
     completions = []
     for i in range(n):
@@ -113,20 +118,32 @@ def generate_batch(params, config: ModelConfig, prompts: Sequence[Sequence[int]]
     return completions
 
 
+def needs_filtering(temperature_B, top_p_B, top_k_B, min_p_B) -> bool:
+    """Whether any sampled row uses top-k, top-p or min-p (else the sort they need is skipped)."""
+    sampled_B = np.asarray(temperature_B) >= GREEDY_BELOW
+    return bool((sampled_B & ((np.asarray(top_k_B) > 0) | (np.asarray(top_p_B) < 1.0)
+                              | (np.asarray(min_p_B) > 0.0))).any())
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "sample", "filtering"))
-def decode(params, config: ModelConfig, tokens_BP, mask_BP, temperature_B, top_p_B, top_k_B, max_new_B, stop_BK,
-           seed_B, *, max_new: int, sample: bool, filtering: bool):
+def decode(params, config: ModelConfig, tokens_BP, mask_BP, temperature_B, top_p_B, top_k_B, min_p_B, max_new_B,
+           stop_BK, seed_B, *, max_new: int, sample: bool, filtering: bool):
     """Prefill left-padded prompts [B, P], then decode up to max_new tokens per row.
 
     Returns tokens [B, max_new] (NO_TOKEN after a row's end), their logprobs [B, max_new], the number
     of new tokens per row and whether each row ended on a stop token. `sample` is False when every
-    row is greedy and `filtering` is False when no sampled row uses top-k or top-p: both skip work.
+    row is greedy and `filtering` is False when no sampled row uses top-k, top-p or min-p: both skip work.
     """
     B, P = tokens_BP.shape
     W_VD = unembedding(params, config)
+    weights = unstack_layers(params)  # once per call: the steps then read each weight in place
     keys_B = jax.vmap(lambda s, b: jax.random.fold_in(jax.random.key(s), b))(seed_B, jnp.arange(B))
-    pick = functools.partial(_pick, keys_B=keys_B, temperature_B=temperature_B, top_p_B=top_p_B, top_k_B=top_k_B,
-                             sample=sample, filtering=filtering)
+
+    def pick(logits_BV, step):
+        step_keys_B = jax.vmap(jax.random.fold_in, (0, None))(keys_B, step)
+        token_B, logp_BV = sample_tokens(logits_BV, step_keys_B, temperature_B, top_p_B, top_k_B, min_p_B,
+                                         sample=sample, filtering=filtering)
+        return token_B, jnp.take_along_axis(logp_BV, token_B[:, None], axis=1)[:, 0]
 
     def last_logits(h_BTD):
         return jnp.einsum("BD,VD->BV", h_BTD[:, -1], W_VD, preferred_element_type=jnp.float32)
@@ -134,7 +151,7 @@ def decode(params, config: ModelConfig, tokens_BP, mask_BP, temperature_B, top_p
     # Prefill into a cache just long enough for the prompts (attention over P keys, not P + max_new).
     h_BPD, cache = hidden_states(params, config, tokens_BP, mask_BP, default_positions(mask_BP),
                                  init_cache(config, B, P), 0)
-    cache = jax.tree.map(lambda c: jnp.pad(c, ((0, 0), (0, 0), (0, max_new), (0, 0), (0, 0))), cache)
+    cache = split_cache(jax.tree.map(lambda c: jnp.pad(c, ((0, 0), (0, 0), (0, max_new), (0, 0), (0, 0))), cache))
     # Decode slots are valid for every row; causality hides the ones not written yet.
     kv_valid_BS = jnp.concatenate([mask_BP, jnp.ones((B, max_new), mask_BP.dtype)], axis=1)
     prompt_len_B = mask_BP.sum(axis=1)
@@ -154,8 +171,8 @@ def decode(params, config: ModelConfig, tokens_BP, mask_BP, temperature_B, top_p
     def step_fn(state):
         # Feed the token sampled at step-1: cache slot P + step - 1, RoPE position prompt_len + step - 1.
         slot = P + state["step"] - 1
-        h_B1D, cache = hidden_states(params, config, state["token"][:, None], kv_valid_BS,
-                                     (prompt_len_B + state["step"] - 1)[:, None], state["cache"], slot)
+        h_B1D, cache = hidden_states_unrolled(weights, config, state["token"][:, None], kv_valid_BS,
+                                              (prompt_len_B + state["step"] - 1)[:, None], state["cache"], slot)
         return record(dict(state, cache=cache), last_logits(h_B1D))
 
     state = dict(step=jnp.int32(0), token=jnp.zeros(B, jnp.int32), cache=cache,
@@ -166,22 +183,22 @@ def decode(params, config: ModelConfig, tokens_BP, mask_BP, temperature_B, top_p
     return state["tokens"], state["logprobs"], state["length"], state["stopped"]
 
 
-def _pick(logits_BV, step, *, keys_B, temperature_B, top_p_B, top_k_B, sample: bool, filtering: bool):
-    """The next token of every row and its logprob (at the row's temperature, before filtering)."""
+def sample_tokens(logits_BV, keys_B, temperature_B, top_p_B, top_k_B, min_p_B, *, sample: bool, filtering: bool):
+    """The next token of every row, and log_softmax(logits / temperature) [B, V] (raw logits when greedy)
+    taken before filtering: the logprobs SGLang reports. keys_B are this step's per-row keys."""
     greedy_B = temperature_B < GREEDY_BELOW
     scaled_BV = logits_BV / jnp.where(greedy_B, 1.0, temperature_B)[:, None]
     token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     if sample:
-        candidates_BV = _top_k_top_p(scaled_BV, top_k_B, top_p_B) if filtering else scaled_BV
-        step_keys_B = jax.vmap(jax.random.fold_in, (0, None))(keys_B, step)
-        drawn_B = jax.vmap(jax.random.categorical)(step_keys_B, candidates_BV).astype(jnp.int32)
+        candidates_BV = _filter(scaled_BV, top_k_B, top_p_B, min_p_B) if filtering else scaled_BV
+        drawn_B = jax.vmap(jax.random.categorical)(keys_B, candidates_BV).astype(jnp.int32)
         token_B = jnp.where(greedy_B, token_B, drawn_B)
-    logprob_B = jnp.take_along_axis(jax.nn.log_softmax(scaled_BV, axis=-1), token_B[:, None], axis=1)[:, 0]
-    return token_B, logprob_B
+    return token_B, jax.nn.log_softmax(scaled_BV, axis=-1)
 
 
-def _top_k_top_p(scaled_BV, top_k_B, top_p_B):
-    """Mask (to -inf) all but the top_k tokens that also lie in the top_p nucleus.
+def _filter(scaled_BV, top_k_B, top_p_B, min_p_B):
+    """Mask (to -inf) all but the top_k tokens that also lie in the top_p nucleus and have at least
+    min_p times the top probability.
 
     As SGLang: a token stays in the nucleus when the probability of the tokens above it is <= top_p.
     """
@@ -191,6 +208,7 @@ def _top_k_top_p(scaled_BV, top_k_B, top_p_B):
     above_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
     n_p_B = jnp.where(top_p_B < 1.0, jnp.sum(above_BV <= top_p_B[:, None], axis=-1), V)
     n_k_B = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, V), V)
-    keep_B = jnp.maximum(jnp.minimum(n_p_B, n_k_B), 1)
+    n_min_p_B = jnp.sum(probs_BV >= min_p_B[:, None] * probs_BV[:, :1], axis=-1)  # min_p <= 0 keeps all
+    keep_B = jnp.maximum(jnp.minimum(jnp.minimum(n_p_B, n_k_B), n_min_p_B), 1)
     threshold_B1 = jnp.take_along_axis(sorted_BV, keep_B[:, None] - 1, axis=1)
     return jnp.where(scaled_BV >= threshold_B1, scaled_BV, -jnp.inf)

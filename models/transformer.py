@@ -26,14 +26,26 @@ def default_positions(attention_mask_BT: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask_BT.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def segment_positions(segment_ids_BT: jax.Array) -> jax.Array:
+    """RoPE positions of a packed row: 0 at the first token of each segment (a run of equal ids)."""
+    T = segment_ids_BT.shape[-1]
+    t_T = jnp.arange(T, dtype=jnp.int32)
+    starts_BT = jnp.concatenate([jnp.ones_like(segment_ids_BT[:, :1], bool),
+                                 segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=-1)
+    start_BT = jax.lax.cummax(jnp.where(starts_BT, t_T, 0), axis=1)
+    return t_T - start_BT
+
+
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
 
 
-def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache=None, i=None):
+def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache=None, i=None, *,
+                   segment_ids_BT=None):
     """One pre-norm block (layer i of a stacked [L, B, S, K, H] cache, if any); returns x and the cache
-    with this call's keys/values written at slots q_offset.."""
+    with this call's keys/values written at slots q_offset.. With segment_ids_BT (packed rows, no
+    cache) a token attends only to its own segment."""
     layer = jax.tree.map(lambda w: w.astype(cfg.dtype), layer)
     h_BTD = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
     q_BTNH, k_BTKH, v_BTKH = dense(h_BTD, layer["q"]), dense(h_BTD, layer["k"]), dense(h_BTD, layer["v"])
@@ -51,25 +63,31 @@ def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offs
         cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BTKH[None], (i, 0, q_offset, 0, 0)),
                  "v": jax.lax.dynamic_update_slice(cache["v"], v_BTKH[None], (i, 0, q_offset, 0, 0))}
         k_BSKH, v_BSKH = cache["k"][i], cache["v"][i]
-    attn_BTNH = attention(cfg, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS)
+    attn_BTNH = attention(cfg, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS,
+                          q_segment_BT=segment_ids_BT, kv_segment_BS=segment_ids_BT)
     x_BTD = x_BTD + dense(attn_BTNH, layer["o"], contract=2)
     h_BTD = rms_norm(x_BTD, layer["mlp_norm"], cfg.rms_norm_eps)
     x_BTD = x_BTD + swiglu_mlp(h_BTD, layer["gate"], layer["up"], layer["down"])
     return x_BTD, cache
 
 
-def hidden_states(params, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, cache=None, q_offset=0):
+def hidden_states(params, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, cache=None, q_offset=0, *,
+                  segment_ids_BT=None):
     """Final-normed hidden states [B, T, D], and the updated cache when one is given.
 
     Without a cache the keys are this call's tokens and kv_valid is their attention mask. With a cache
     [L, B, S, K, H] the new keys are written at slots q_offset.. and kv_valid covers all S slots.
+    segment_ids_BT (packed rows; no cache) confines attention to each token's own segment.
     """
+    if segment_ids_BT is not None and cache is not None:
+        raise ValueError("segment_ids_BT (sequence packing) is for cache-free forward passes only")
     x_BTD = params["embed"].astype(cfg.dtype)[tokens_BT]
     cos, sin = rope_tables(cfg, positions_BT)
 
     if cache is None:
         def step(x_BTD, layer):
-            x_BTD, _ = _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset)
+            x_BTD, _ = _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset,
+                                      segment_ids_BT=segment_ids_BT)
             return x_BTD, None
 
         if cfg.remat != "none":
@@ -92,19 +110,33 @@ def unembedding(params, cfg: ModelConfig) -> jax.Array:
     return (params["embed"] if cfg.tie_word_embeddings else params["lm_head"]).astype(cfg.dtype)
 
 
-def model_inputs(tokens, attention_mask, positions):
-    """int32 tokens, mask (all ones by default) and RoPE positions (from the mask by default)."""
+def model_inputs(tokens, attention_mask, positions, segment_ids=None):
+    """int32 tokens, mask and RoPE positions. Without segment ids: mask all ones and positions from the
+    mask by default. With segment ids (packed rows, 0 = padding): mask = segment_ids > 0 and positions
+    restarting at each segment by default."""
     tokens = jnp.asarray(tokens, jnp.int32)
-    mask = jnp.ones(tokens.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-    positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
+    if segment_ids is not None:
+        segment_ids = jnp.asarray(segment_ids, jnp.int32)
+        if segment_ids.shape != tokens.shape:
+            raise ValueError(f"segment_ids has shape {segment_ids.shape}, expected tokens' shape {tokens.shape}")
+    if attention_mask is not None:
+        mask = jnp.asarray(attention_mask, jnp.int32)
+    else:
+        mask = jnp.ones(tokens.shape, jnp.int32) if segment_ids is None else (segment_ids > 0).astype(jnp.int32)
+    if positions is not None:
+        positions = jnp.asarray(positions, jnp.int32)
+    else:
+        positions = default_positions(mask) if segment_ids is None else segment_positions(segment_ids)
     return tokens, mask, positions
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def forward(params, config: ModelConfig, tokens, attention_mask=None, positions=None) -> jax.Array:
-    """Logits [B, T, V] in float32 for int32 tokens [B, T]; attention_mask is 1 on real tokens."""
-    tokens, mask, positions = model_inputs(tokens, attention_mask, positions)
-    h_BTD, _ = hidden_states(params, config, tokens, mask, positions)
+def forward(params, config: ModelConfig, tokens, attention_mask=None, positions=None, *, segment_ids=None) -> jax.Array:
+    """Logits [B, T, V] in float32 for int32 tokens [B, T]; attention_mask is 1 on real tokens.
+    segment_ids [B, T] packs several sequences per row (see model_inputs)."""
+    tokens, mask, positions = model_inputs(tokens, attention_mask, positions, segment_ids)
+    h_BTD, _ = hidden_states(params, config, tokens, mask, positions,
+                             segment_ids_BT=None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32))
     B, T, D = h_BTD.shape  # a 2-D dot, as in layers.dense: faster on CPU, backward included
     logits_MV = jnp.einsum("MD,VD->MV", h_BTD.reshape(B * T, D), unembedding(params, config),
                            preferred_element_type=jnp.float32)

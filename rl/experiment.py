@@ -1,13 +1,41 @@
 """The typed experiment config: one frozen dataclass per section, composed into `Experiment`.
 
 An experiment file in experiments/ builds an `Experiment`, usually by taking its base experiment and
-replacing only what differs (see experiments/README.md). Loading, validation and `--set` overrides
-live below the schema.
+replacing only what differs (see docs/experiments.md):
+
+    from experiments import nouscoder_14b
+    EXPERIMENT = nouscoder_14b.EXPERIMENT.replace(objective=dict(name="gspo"))
+
+Below the schema: JSON round trip, loading a file or bare name, `--set key.path=value` overrides
+and validation. Every error names the file and the dotted key.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+import importlib.util
+import json
+import functools
+import linecache
+import math
+import re
+import sys
+import traceback
+import types
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.config import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES, ConfigError, ModelConfig
+from rl.data.filters import parse_window
+from rl.data.prompts import STYLES
+from rl.losses import OBJECTIVES, OVERLONG_MODES
+from rl.reward import SHAPES
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = REPO / "experiments"
 
 
 @dataclass(frozen=True)
@@ -16,7 +44,7 @@ class ModelSection:
     dtype: str = "bfloat16"             # compute dtype
     param_dtype: str = "float32"        # master weights (f32 master, bf16 compute)
     remat: str = "full"                 # "none" | "full" | "matmuls"
-    attention: str = "blockwise"        # "reference" | "blockwise" | "cudnn"
+    attention: str = "blockwise"        # "auto" | "reference" | "blockwise" | "cudnn"
     max_context: int = 0                # > native length: YaRN factor = max_context / native (0: native)
 
 
@@ -48,8 +76,9 @@ class AdvantageSection:
 class DataSection:
     train: tuple[str, ...] = ()         # local problem files (json, jsonl, parquet)
     eval: tuple[str, ...] = ()          # held-out problems
-    window: str = ""                    # contest-date window "YYYY-MM-DD:YYYY-MM-DD" ("" = all)
-    difficulties: tuple[str, ...] = ()  # keep only these ("" = all)
+    window: str = ""                    # training contest dates "YYYY-MM-DD:YYYY-MM-DD" or "lcb_v5" ("" = all)
+    eval_window: str = ""               # the same for the held-out problems
+    difficulties: tuple[str, ...] = ()  # keep only these (empty = all)
     dedup: bool = True                  # by problem text
     prompt: str = "lcb"                 # "lcb" (system prompt) | "r1" (everything in one user message)
     max_prompt_tokens: int = 2048       # longer prompts are dropped and counted
@@ -62,14 +91,24 @@ class RolloutSection:
     temperature: float = 1.0
     top_p: float = 1.0
     max_response_tokens: int = 8192
+    context_stages: tuple[str, ...] = ()  # "STEP:TOKENS": from STEP on, max_response_tokens = TOKENS
     servers: tuple[str, ...] = ()       # SGLang / router URLs; empty: start the embedded server
     max_concurrency: int = 256
     max_staleness: int = 0              # 0: on-policy; 1: one-step-off
+    logprobs: bool = True               # keep the servers' token logprobs (TIS, mismatch metrics)
     dynamic_sampling: bool = True       # DAPO: drop all-equal groups and refill
     max_refill_rounds: int = 10
     eval_temperature: float = 0.6
     eval_top_p: float = 0.95
     eval_n: int = 4                     # samples per held-out problem
+
+    def max_response_tokens_at(self, step: int) -> int:
+        """The response limit at training step `step`: the last context stage started, if any."""
+        limit = self.max_response_tokens
+        for start, tokens in parse_context_stages(self.context_stages):
+            if step >= start:
+                limit = tokens
+        return limit
 
 
 @dataclass(frozen=True)
@@ -102,10 +141,19 @@ class OptimizerSection:
 @dataclass(frozen=True)
 class ScheduleSection:
     steps: int = 100
-    eval_every: int = 10
-    checkpoint_every: int = 10
+    eval_every: int = 10                # 0: never
+    checkpoint_every: int = 10          # 0: only at the end
     keep_checkpoints: int = 3
     init_from: str = ""                 # params only: a run directory's checkpoint or an HF folder
+
+
+class ExperimentError(ValueError):
+    """An experiment that cannot run; `errors` lists every problem, each naming its file and key."""
+
+    def __init__(self, errors: list[str] | str, key: str = ""):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        self.key = key  # the dotted key at fault, where there is one
+        super().__init__("\n".join(self.errors))
 
 
 @dataclass(frozen=True)
@@ -123,5 +171,569 @@ class Experiment:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     seed: int = 0
 
-    def replace(self, **sections) -> "Experiment":
-        return dataclasses.replace(self, **sections)
+    def replace(self, **changes) -> "Experiment":
+        """A copy with `changes`; a section is given whole or as a dict of the fields that change:
+        `exp.replace(objective=dict(name="gspo"), seed=1)`. Unknown keys raise ExperimentError."""
+        bad = _unknown_keys(changes)
+        if bad:
+            raise ExperimentError(bad[0][1], key=bad[0][0])
+        updates = {}
+        for key, value in changes.items():
+            if key in SECTIONS and isinstance(value, dict):
+                types_ = _fields(SECTIONS[key])
+                value = dataclasses.replace(getattr(self, key), **{k: _coerce(v, types_[k]) for k, v in value.items()})
+            elif key not in SECTIONS:
+                value = _coerce(value, _fields(Experiment)[key])
+            updates[key] = value
+        return dataclasses.replace(self, **updates)
+
+    def get(self, key: str) -> Any:
+        """The value at a dotted key, e.g. "rollout.group_size"."""
+        value = self
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
+
+    def to_dict(self) -> dict:
+        """JSON-ready: sections as objects, tuples as lists."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<json>") -> "Experiment":
+        """The inverse of to_dict. Missing keys take their defaults; unknown keys are errors."""
+        if not isinstance(data, dict):
+            raise ExperimentError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        bad = _unknown_keys(data)
+        if bad:
+            raise ExperimentError([f"{source}: {message}" for _, message in bad])
+        return cls().replace(**data)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<json>") -> "Experiment":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ExperimentError(f"{source}: not valid JSON ({e})") from None
+        return cls.from_dict(data, source)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Experiment)
+            if f.default_factory is not dataclasses.MISSING}
+
+
+@functools.cache
+def _fields(cls) -> dict[str, Any]:
+    """Field name -> resolved type annotation."""
+    return typing.get_type_hints(cls)
+
+
+def _unknown_keys(changes: dict) -> list[tuple[str, str]]:
+    """(key, message) for each key of `changes` (sections given as dicts) the schema does not have."""
+    bad = []
+    for key, value in changes.items():
+        if key not in _fields(Experiment):
+            bad.append((key, f"unknown key {key!r}{_did_you_mean(key, _fields(Experiment))}"))
+        elif key in SECTIONS and isinstance(value, dict):
+            bad += [(f"{key}.{name}", f"unknown key {key}.{name}"
+                                      f"{_did_you_mean(name, _fields(SECTIONS[key]), key + '.')}")
+                    for name in value if name not in _fields(SECTIONS[key])]
+        elif key in SECTIONS and not isinstance(value, SECTIONS[key]):
+            bad.append((key, f"{key}: expected a dict of its keys or a {SECTIONS[key].__name__}, got {value!r}"))
+    return bad
+
+
+def keys() -> list[str]:
+    """Every settable dotted key: "name", "seed", "model.path", ..."""
+    return [f"{k}.{name}" if k in SECTIONS else k for k in _fields(Experiment)
+            for name in (_fields(SECTIONS[k]) if k in SECTIONS else [None])]
+
+
+def _type_of(key: str):
+    section, _, name = key.rpartition(".")
+    return _fields(SECTIONS[section])[name] if section else _fields(Experiment)[key]
+
+
+def _did_you_mean(word: str, candidates, prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
+# ---- types: checking, coercion and parsing by a field's annotation ----------------------------
+def _optional(tp) -> tuple[bool, Any]:
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return True, rest[0]
+    return False, tp
+
+
+def _type_name(tp) -> str:
+    optional, inner = _optional(tp)
+    if typing.get_origin(inner) is tuple:
+        name = "list of str"
+    else:
+        name = inner.__name__
+    return f"{name} or None" if optional else name
+
+
+def _coerce(value, tp):
+    """Loss-free normalisation: lists to tuples (JSON), ints to floats for float fields."""
+    _, inner = _optional(tp)
+    if typing.get_origin(inner) is tuple and isinstance(value, list):
+        return tuple(value)
+    if inner is float and type(value) is int:
+        return float(value)
+    return value
+
+
+def _has_type(value, tp) -> bool:
+    optional, inner = _optional(tp)
+    if value is None:
+        return optional
+    if typing.get_origin(inner) is tuple:
+        return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    if inner is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if inner is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, inner)
+
+
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_value(text: str, tp):
+    """A --set value read as the field's type; ValueError says what was expected."""
+    optional, inner = _optional(tp)
+    if optional and text.strip().lower() in ("none", "null"):
+        return None
+    if typing.get_origin(inner) is tuple:
+        if text.strip().startswith("["):
+            items = json.loads(text)
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError("expected a JSON list of strings")
+            return tuple(items)
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if inner is bool:
+        if text.strip().lower() in TRUE:
+            return True
+        if text.strip().lower() in FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    if inner in (int, float):
+        try:
+            return inner(text)
+        except ValueError:
+            raise ValueError(f"expected {_type_name(tp)}, got {text!r}") from None
+    return text
+
+
+# ---- where a key was set, for error messages --------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """Where an experiment came from: its file, then the experiment files it derives from, and the
+    --set overrides applied on top (key -> the text given)."""
+    files: tuple[Path, ...] = ()
+    overrides: tuple[tuple[str, str], ...] = ()
+    label: str = "<experiment>"
+
+    @property
+    def name(self) -> str:
+        return _display(self.files[0]) if self.files else self.label
+
+    def where(self, key: str) -> str:
+        """"experiments/x.py:12" where the key is set, "--set key=value" for an override."""
+        for k, text in self.overrides:
+            if k == key:
+                return f"{self.name} (--set {k}={text})"
+        section, _, name = key.rpartition(".")
+        for path in self.files:
+            line = _find_assignment(path, section, name)
+            if line:
+                return f"{_display(path)}:{line}"
+        return self.name
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _find_assignment(path: Path, section: str, name: str) -> int | None:
+    """The line of `name=` in `path`; for a section's key, inside the file's `section=(...)` only."""
+    text = path.read_text() if path.suffix == ".py" and path.is_file() else ""
+    start, end = 0, len(text)
+    if section:
+        opened = re.search(rf"\b{section}\s*=\s*\w*\(", text)
+        if not opened:
+            return None
+        start, depth = opened.end(), 1
+        for end in range(start, len(text)):  # the section's closing parenthesis
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+    match = re.compile(rf"\b{name}\s*=(?!=)").search(text, start, end)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+# ---- validation --------------------------------------------------------------------------------
+def parse_context_stages(stages: tuple[str, ...]) -> list[tuple[int, int]]:
+    """("STEP:TOKENS", ...) -> [(step, tokens)]; ValueError on a malformed entry."""
+    out = []
+    for stage in stages:
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", stage)
+        if not match:
+            raise ValueError(f"expected 'STEP:TOKENS' entries, got {stage!r}")
+        out.append((int(match[1]), int(match[2])))
+    return out
+
+
+def _mesh_sizes(mesh: MeshSection, devices: int) -> tuple[int, int, int] | None:
+    sizes = [mesh.data, mesh.fsdp, mesh.tensor]
+    if -1 in sizes:
+        known = math.prod(s for s in sizes if s != -1)
+        if devices % known:
+            return None
+        sizes[sizes.index(-1)] = devices // known
+    return tuple(sizes) if sizes[0] * sizes[1] * sizes[2] == devices else None
+
+
+def validate(exp: Experiment, source: Source | str = "<experiment>", *, devices: int | None = None) -> None:
+    """Raises ExperimentError listing every problem of `exp`. `devices`: also check the mesh against
+    that many devices (the run passes jax.device_count())."""
+    source = source if isinstance(source, Source) else Source(label=source)
+    errors: list[str] = []
+
+    def error(key: str, message: str) -> None:
+        errors.append(f"{source.where(key)}: {key}: {message}")
+
+    def check(key: str, ok: bool, message: str) -> None:
+        if not ok:
+            error(key, message)
+
+    # Types first: the range checks below assume them.
+    for key in keys():
+        tp, value = _type_of(key), exp.get(key)
+        if not _has_type(value, tp):
+            error(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if errors:
+        raise ExperimentError(errors)
+
+    m, o, a, d, r, s, b, opt, sch = (exp.model, exp.objective, exp.advantages, exp.data, exp.rollout,
+                                     exp.sandbox, exp.batch, exp.optimizer, exp.schedule)
+    check("name", bool(exp.name) and "/" not in exp.name and exp.name not in (".", ".."),
+          f"a run needs a name usable as a folder name, got {exp.name!r}")
+    check("seed", exp.seed >= 0, f"must be >= 0, got {exp.seed}")
+
+    check("model.path", bool(m.path), "empty: point it at a local Hugging Face folder (--set model.path=DIR)")
+    for key, value, allowed in (("model.dtype", m.dtype, DTYPES), ("model.param_dtype", m.param_dtype, DTYPES),
+                                ("model.remat", m.remat, REMAT_POLICIES),
+                                ("model.attention", m.attention, ATTENTION_IMPLS)):
+        check(key, value in allowed, f"{value!r} is not one of {allowed}{_did_you_mean(value, allowed)}")
+    check("model.max_context", m.max_context >= 0, f"must be >= 0 (0: the model's own length), got {m.max_context}")
+
+    axes = {"mesh.data": exp.mesh.data, "mesh.fsdp": exp.mesh.fsdp, "mesh.tensor": exp.mesh.tensor}
+    for key, size in axes.items():
+        check(key, size >= 1 or size == -1, f"must be >= 1, or -1 for the remaining devices; got {size}")
+    if list(axes.values()).count(-1) > 1:
+        error([k for k, v in axes.items() if v == -1][-1], "at most one mesh axis may be -1 (the remaining devices)")
+    elif devices is not None and all(v >= 1 or v == -1 for v in axes.values()):
+        if _mesh_sizes(exp.mesh, devices) is None:
+            key = next((k for k, v in axes.items() if v == -1), "mesh.fsdp")
+            error(key, f"mesh data={exp.mesh.data} fsdp={exp.mesh.fsdp} tensor={exp.mesh.tensor} does not "
+                       f"fit {devices} devices (the product must equal the device count; -1 takes the rest)")
+
+    if o.name not in OBJECTIVES:
+        error("objective.name", f"unknown objective {o.name!r}{_did_you_mean(o.name, OBJECTIVES)}; "
+                                f"registered in rl.losses: {sorted(OBJECTIVES)}")
+    else:
+        options = OBJECTIVES[o.name].defaults
+        for opt_name in ("eps_low", "eps_high"):
+            value = getattr(o, opt_name)
+            if value is not None and opt_name not in options:
+                error(f"objective.{opt_name}", f"objective {o.name!r} has no option {opt_name}; "
+                                               f"its options: {sorted(options) or 'none'}")
+    for opt_name, hi in (("eps_low", 1.0), ("eps_high", None)):
+        value = getattr(o, opt_name)
+        check(f"objective.{opt_name}", value is None or (0 <= value and (hi is None or value < hi)),
+              f"clip range must be in [0, {hi})" if hi else "clip range must be >= 0")
+    modes = (*OVERLONG_MODES, "none")
+    check("objective.overlong", o.overlong in modes,
+          f"{o.overlong!r} is not one of {modes}{_did_you_mean(o.overlong, modes)}")
+    check("objective.kl_coef", o.kl_coef >= 0, f"must be >= 0, got {o.kl_coef}")
+    if o.tis_cap is not None:
+        check("objective.tis_cap", o.tis_cap > 0, f"the cap C of min(ratio, C) must be > 0, got {o.tis_cap}")
+        check("objective.tis_cap", r.logprobs,
+              "truncated importance sampling needs the rollout logprobs, but rollout.logprobs is false")
+
+    check("advantages.ddof", a.ddof in (0, 1), f"must be 0 (population std) or 1 (unbiased), got {a.ddof}")
+    check("advantages.eps", a.eps >= 0, f"must be >= 0, got {a.eps}")
+
+    for key in ("data.window", "data.eval_window"):
+        value = exp.get(key)
+        if value.strip():
+            try:
+                parse_window(value)
+            except ValueError as e:
+                error(key, str(e).split(": ", 1)[-1])
+    check("data.train", all(p.strip() for p in d.train), "holds an empty path")
+    check("data.eval", all(p.strip() for p in d.eval), "holds an empty path")
+    check("data.prompt", d.prompt in STYLES, f"{d.prompt!r} is not one of {STYLES}{_did_you_mean(d.prompt, STYLES)}")
+    check("data.max_prompt_tokens", d.max_prompt_tokens >= 1, f"must be >= 1, got {d.max_prompt_tokens}")
+
+    check("rollout.group_size", r.group_size >= 2,
+          f"must be >= 2: a group of one always has advantage 0; got {r.group_size}")
+    check("rollout.temperature", r.temperature > 0,
+          f"must be > 0: training samples from the policy (greedy has no logprobs to learn from); got {r.temperature}")
+    check("rollout.top_p", 0 < r.top_p <= 1, f"must be in (0, 1], got {r.top_p}")
+    check("rollout.max_response_tokens", r.max_response_tokens >= 1, f"must be >= 1, got {r.max_response_tokens}")
+    try:
+        stages = parse_context_stages(r.context_stages)
+    except ValueError as e:
+        error("rollout.context_stages", str(e))
+    else:
+        steps = [st for st, _ in stages]
+        check("rollout.context_stages", steps == sorted(set(steps)), f"steps must increase, got {steps}")
+        check("rollout.context_stages", all(t >= 1 for _, t in stages), "every stage needs >= 1 token")
+    for url in r.servers:
+        check("rollout.servers", re.match(r"https?://[^/\s]+", url) is not None,
+              f"{url!r} is not an http(s):// URL")
+    check("rollout.max_concurrency", r.max_concurrency >= 1, f"must be >= 1, got {r.max_concurrency}")
+    check("rollout.max_staleness", r.max_staleness >= 0, f"must be >= 0, got {r.max_staleness}")
+    check("rollout.max_refill_rounds", r.max_refill_rounds >= 0, f"must be >= 0, got {r.max_refill_rounds}")
+    check("rollout.eval_temperature", r.eval_temperature >= 0, f"must be >= 0 (0: greedy), got {r.eval_temperature}")
+    check("rollout.eval_top_p", 0 < r.eval_top_p <= 1, f"must be in (0, 1], got {r.eval_top_p}")
+    check("rollout.eval_n", r.eval_n >= 1, f"must be >= 1, got {r.eval_n}")
+
+    check("sandbox.time_limit", s.time_limit > 0, f"must be > 0 seconds, got {s.time_limit}")
+    check("sandbox.memory_mb", s.memory_mb > 0, f"must be > 0, got {s.memory_mb}")
+    check("sandbox.workers", s.workers >= 0, f"must be >= 0 (0: one per core), got {s.workers}")
+    check("sandbox.reward", s.reward in SHAPES, f"{s.reward!r} is not one of {SHAPES}{_did_you_mean(s.reward, SHAPES)}")
+
+    for key in ("batch.prompts_per_step", "batch.mini_batches", "batch.micro_batches"):
+        check(key, exp.get(key) >= 1, f"must be >= 1, got {exp.get(key)}")
+    check("batch.max_tokens_per_row", b.max_tokens_per_row >= 0, f"must be >= 0, got {b.max_tokens_per_row}")
+    sequences, splits = b.prompts_per_step * r.group_size, b.mini_batches * b.micro_batches
+    if min(b.prompts_per_step, r.group_size, splits) >= 1 and sequences % splits:
+        error("batch.micro_batches",
+              f"prompts_per_step * group_size = {b.prompts_per_step} * {r.group_size} = {sequences} rollouts per "
+              f"step must divide into mini_batches * micro_batches = {b.mini_batches} * {b.micro_batches} = "
+              f"{splits} equal parts")
+    longest = d.max_prompt_tokens + max([r.max_response_tokens, *[t for _, t in _stages_or_empty(r)]])
+    if b.pack and b.max_tokens_per_row and b.max_tokens_per_row < longest:
+        error("batch.max_tokens_per_row",
+              f"{b.max_tokens_per_row} tokens cannot hold the longest sequence, data.max_prompt_tokens + "
+              f"rollout.max_response_tokens = {longest}")
+
+    check("optimizer.lr", opt.lr > 0, f"must be > 0, got {opt.lr}")
+    check("optimizer.warmup_steps", 0 <= opt.warmup_steps <= sch.steps,
+          f"must be in [0, schedule.steps={sch.steps}], got {opt.warmup_steps}")
+    check("optimizer.weight_decay", opt.weight_decay >= 0, f"must be >= 0, got {opt.weight_decay}")
+    check("optimizer.b1", 0 <= opt.b1 < 1, f"must be in [0, 1), got {opt.b1}")
+    check("optimizer.b2", 0 <= opt.b2 < 1, f"must be in [0, 1), got {opt.b2}")
+    check("optimizer.clip_norm", opt.clip_norm > 0, f"must be > 0, got {opt.clip_norm}")
+
+    check("schedule.steps", sch.steps >= 1, f"must be >= 1, got {sch.steps}")
+    check("schedule.eval_every", sch.eval_every >= 0, f"must be >= 0 (0: never), got {sch.eval_every}")
+    check("schedule.checkpoint_every", sch.checkpoint_every >= 0,
+          f"must be >= 0 (0: only at the end), got {sch.checkpoint_every}")
+    check("schedule.keep_checkpoints", sch.keep_checkpoints >= 1, f"must be >= 1, got {sch.keep_checkpoints}")
+    if errors:
+        raise ExperimentError(errors)
+
+
+def _stages_or_empty(r: RolloutSection) -> list[tuple[int, int]]:
+    try:
+        return parse_context_stages(r.context_stages)
+    except ValueError:
+        return []
+
+
+def check_resources(exp: Experiment, source: Source | str = "<experiment>") -> ModelConfig:
+    """Run-time checks of what the files on disk say: the model folder, the problem files, the
+    context length. Returns the resolved ModelConfig."""
+    source = source if isinstance(source, Source) else Source(label=source)
+    errors = []
+    try:
+        cfg = model_config(exp)
+    except ExperimentError as e:
+        raise ExperimentError(f"{source.where('model.path')}: {e}") from None
+    for key in ("data.train", "data.eval"):
+        for path in exp.get(key):
+            if not Path(path).exists():
+                errors.append(f"{source.where(key)}: {key}: no such file {path!r}")
+    if exp.schedule.init_from and not Path(exp.schedule.init_from).exists():
+        errors.append(f"{source.where('schedule.init_from')}: schedule.init_from: no such checkpoint or "
+                      f"folder {exp.schedule.init_from!r}")
+    longest = exp.data.max_prompt_tokens + max([exp.rollout.max_response_tokens,
+                                                *[t for _, t in _stages_or_empty(exp.rollout)]])
+    if longest > cfg.max_position_embeddings:
+        errors.append(f"{source.where('rollout.max_response_tokens')}: rollout.max_response_tokens: "
+                      f"data.max_prompt_tokens + rollout.max_response_tokens = {longest} exceeds the model's "
+                      f"context of {cfg.max_position_embeddings} tokens (raise model.max_context for YaRN)")
+    if errors:
+        raise ExperimentError(errors)
+    return cfg
+
+
+def model_config(exp: Experiment) -> ModelConfig:
+    """The ModelConfig of exp.model: config.json read from model.path with the runtime choices, and
+    YaRN (factor max_context / native length) when model.max_context exceeds the native length."""
+    m = exp.model
+    try:
+        cfg = ModelConfig.from_file(m.path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+                                    attention=m.attention)
+    except ConfigError as e:
+        raise ExperimentError(f"model.path: {e}") from None
+    native = cfg.max_position_embeddings
+    if m.max_context > native:
+        if cfg.rope_scaling:
+            raise ExperimentError(f"model.max_context: {m.path} already sets rope_scaling; "
+                                  f"set max_context to 0 to use it as is")
+        yarn = {"rope_type": "yarn", "factor": m.max_context / native, "original_max_position_embeddings": native}
+        cfg = cfg.replace(rope_scaling=tuple(sorted(yarn.items())), max_position_embeddings=m.max_context)
+    return cfg
+
+
+def objective_options(exp: Experiment) -> dict:
+    """The hyperparameters an experiment overrides, to pass to rl.losses.policy_loss."""
+    return {k: getattr(exp.objective, k) for k in ("eps_low", "eps_high") if getattr(exp.objective, k) is not None}
+
+
+# ---- --set overrides ---------------------------------------------------------------------------
+def apply_overrides(exp: Experiment, assignments: list[str], source: Source | str = "<experiment>"
+                    ) -> tuple[Experiment, Source]:
+    """Applies "key.path=value" assignments, each value parsed as the field's type."""
+    source = source if isinstance(source, Source) else Source(label=source)
+    errors, done = [], list(source.overrides)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip()
+        if not sep:
+            errors.append(f"--set {assignment}: expected key.path=value")
+            continue
+        if key in SECTIONS:
+            errors.append(f"--set {assignment}: {key} is a section; set one of its keys: "
+                          f"{', '.join(k for k in keys() if k.startswith(key + '.'))}")
+            continue
+        if key not in keys():
+            errors.append(f"--set {assignment}: unknown key {key!r}{_did_you_mean(key, keys())}")
+            continue
+        section, _, name = key.rpartition(".")
+        try:
+            value = parse_value(text, _type_of(key))
+        except (ValueError, json.JSONDecodeError) as e:
+            errors.append(f"--set {assignment}: {key}: {e}")
+            continue
+        exp = exp.replace(**({section: {name: value}} if section else {key: value}))
+        done.append((key, text))
+    if errors:
+        raise ExperimentError([f"{source.name}: {e}" for e in errors])
+    return exp, dataclasses.replace(source, overrides=tuple(done))
+
+
+# ---- loading -----------------------------------------------------------------------------------
+def available() -> list[str]:
+    """Bare names of the experiment files in experiments/."""
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve_path(spec: str) -> Path:
+    """A path to an experiment file (.py, or a saved config.json), or a bare name in experiments/."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if path.suffix or "/" in spec or path.exists():
+        raise ExperimentError(f"{spec}: no such experiment file")
+    candidate = EXPERIMENTS_DIR / f"{spec}.py"
+    if candidate.is_file():
+        return candidate
+    raise ExperimentError(f"{spec}: no experiment of that name in {_display(EXPERIMENTS_DIR)}"
+                          f"{_did_you_mean(spec, available())}; known: {', '.join(available())}")
+
+
+def load(spec: str, overrides: list[str] = (), *, validated: bool = True) -> tuple[Experiment, Source]:
+    """Loads an experiment by path or bare name, applies --set overrides and validates it (without
+    the device count). Its name is the file's stem; a saved config.json keeps the name it holds."""
+    path = resolve_path(spec)
+    if path.suffix == ".json":
+        exp = Experiment.from_json(path.read_text(), _display(path))
+        source = Source(files=(path,))
+    else:
+        module = _import_experiment(path)
+        exp = getattr(module, "EXPERIMENT", None)
+        if not isinstance(exp, Experiment):
+            raise ExperimentError(f"{_display(path)}: defines no EXPERIMENT (an rl.experiment.Experiment), "
+                                  f"found {type(exp).__name__}")
+        exp = exp.replace(name=path.stem)
+        source = Source(files=tuple(_experiment_files(module)))
+    exp, source = apply_overrides(exp, list(overrides), source)
+    if validated:
+        validate(exp, source)
+    return exp, source
+
+
+def _experiments_package() -> None:
+    """Makes `from experiments import base` work from any working directory."""
+    if "experiments" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("experiments", EXPERIMENTS_DIR / "__init__.py",
+                                                      submodule_search_locations=[str(EXPERIMENTS_DIR)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["experiments"] = module
+        spec.loader.exec_module(module)
+
+
+def _import_experiment(path: Path) -> types.ModuleType:
+    _experiments_package()
+    path = path.resolve()
+    try:
+        if path.parent == EXPERIMENTS_DIR:
+            return importlib.import_module(f"experiments.{path.stem}")
+        spec = importlib.util.spec_from_file_location(f"_experiment_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except Exception as e:
+        raise ExperimentError(_import_error(path, e)) from None
+
+
+def _import_error(path: Path, e: Exception) -> str:
+    """"file:line: Error: message" and the line's code, at the innermost frame in an experiment file."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if Path(f.filename).resolve() == path or Path(f.filename).resolve().parent == EXPERIMENTS_DIR]
+    if isinstance(e, SyntaxError) and e.filename:
+        where, code = f"{_display(Path(e.filename))}:{e.lineno}", (e.text or "").strip()
+    elif frames:
+        frame = frames[-1]
+        section, _, name = getattr(e, "key", "").rpartition(".")
+        # A bad key inside a multi-line replace(...) call: point at the key's own line.
+        lineno = (name and _find_assignment(Path(frame.filename), section, name)) or frame.lineno
+        where, code = f"{_display(Path(frame.filename))}:{lineno}", linecache.getline(frame.filename, lineno).strip()
+    else:
+        where, code = _display(path), ""
+    message = (str(e) if isinstance(e, ExperimentError) else
+               f"SyntaxError: {e.msg}" if isinstance(e, SyntaxError) else f"{type(e).__name__}: {e}")
+    return f"{where}: {message}" + (f"\n    {code}" if code else "") + (
+        f"\n  (while loading {_display(path)})" if not where.startswith(_display(path)) else "")
+
+
+def _experiment_files(module: types.ModuleType) -> list[Path]:
+    """The module's file, then the experiment files it derives from (depth first), each once."""
+    seen: list[Path] = []
+
+    def visit(mod):
+        path = Path(mod.__file__).resolve()
+        if path in seen:
+            return
+        seen.append(path)
+        for value in vars(mod).values():
+            if isinstance(value, types.ModuleType) and isinstance(getattr(value, "EXPERIMENT", None), Experiment):
+                visit(value)
+
+    visit(module)
+    return seen

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import io
 import json
 import os
 import resource
@@ -20,6 +21,7 @@ import types
 from dataclasses import dataclass
 
 from . import seccomp_filter
+from .rootfs import WORKDIR
 from .compare import encode_return
 from .grader import cpu_seconds
 from .linux import PR_SET_DUMPABLE, PR_SET_PDEATHSIG, check, libc
@@ -44,7 +46,7 @@ class Job:
     output_cap: int
     max_threads: int
     uid: int | None  # drop to this uid (when running as root)
-    root: str  # private directory: chroot target, or working directory
+    root: str  # the chroot target (a read-only root), or else the private working directory
     chroot: bool
     zygote_pid: int
     bpf: bytes
@@ -61,7 +63,7 @@ def _lock_down(job: Job, fds: tuple[int, ...]) -> None:
     os.closerange(len(fds), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     if job.chroot:
         os.chroot(job.root)
-        os.chdir("/")
+        os.chdir(WORKDIR)
     else:
         os.chdir(job.root)
     if job.uid is not None:
@@ -94,8 +96,9 @@ def prepare_zygote(modules: dict) -> None:
     threading.stack_size(THREAD_STACK)
     sys.setrecursionlimit(RECURSION_LIMIT)
     sys.argv = ["solution.py"]
-    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
-    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
+    # newline="\n" as CPython's own std streams on POSIX: input() keeps a "\r" (so does LCB).
+    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", newline="\n", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", newline="\n", closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace",
                                        closefd=False, buffering=1)
     for module in modules.values():  # the prelude's `from sys import *` names
@@ -109,6 +112,45 @@ def _finish_like_an_interpreter() -> None:
         if t is not main and not t.daemon:
             t.join()
     atexit._run_exitfuncs()
+
+
+def _flush(stream) -> None:
+    closed = False
+    try:  # as CPython's file_is_closed: an object without a working `closed` counts as open
+        closed = bool(stream.closed)
+    except Exception:  # noqa: BLE001
+        pass
+    if not closed:  # closing stdout at the end is legal and flushed it
+        stream.flush()
+
+
+def _flush_at_exit(out, err, module) -> BaseException | None:
+    """Flush what interpreter shutdown flushes, in its order: the current sys.stdout and
+    sys.stderr (a reopened fd 1, an io.TextIOWrapper, PyRival's FastIO), then files the
+    program's globals hold (finalizing them closes, so flushes, them; errors there are
+    ignored), then the original streams. Returns the first error of the std streams (CPython
+    then exits with status 120)."""
+    error, seen = None, set()
+
+    def flush(stream, keep_error: bool) -> None:
+        nonlocal error
+        if stream is None or id(stream) in seen:
+            return
+        seen.add(id(stream))
+        try:
+            _flush(stream)
+        except BaseException as e:  # noqa: BLE001
+            if keep_error and error is None:
+                error = e
+
+    flush(getattr(sys, "stdout", None), True)
+    flush(getattr(sys, "stderr", None), True)
+    for value in list(module.__dict__.values()):
+        if isinstance(value, io.IOBase):
+            flush(value, False)
+    flush(out, True)
+    flush(err, True)
+    return error
 
 
 def _error(e: BaseException) -> dict:
@@ -167,11 +209,8 @@ def run(job: Job, fds: tuple[int, ...]) -> None:
         os.write(2, f"sandbox set-up failed: {e!r}\n".encode())
         os._exit(SETUP_FAILED)
     status = _run_solution(job, args)
-    try:
-        for stream in (out, err):
-            if not stream.closed:  # closing stdout at the end is legal and flushed it
-                stream.flush()
-    except BaseException as e:  # noqa: BLE001
-        status = _error(e)
+    error = _flush_at_exit(out, err, job.modules["__main__" if job.fn_name is None else "solution"])
+    if error is not None and status.get("ok"):
+        status = _error(error)
     os.write(3, json.dumps(status).encode())
     os._exit(0 if status.get("ok") else 1)

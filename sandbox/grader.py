@@ -51,10 +51,20 @@ def grade_on(worker, problem: Problem, code: str, opts: Options) -> GradeResult:
     time_limit = problem.time_limit if opts.time_limit is None else opts.time_limit
     memory = (problem.memory_mb if opts.memory_mb is None else opts.memory_mb) << 20
     n = len(problem.tests)
-    worker.send("load", code=code, fn_name=problem.fn_name)
+    worker.send("load", code=code, fn_name=problem.fn_name, time_limit=time_limit,
+                memory_bytes=memory)
     loaded = worker.recv(time_limit + ZYGOTE_GRACE)
+    if "compile_killed" in loaded:  # a compile is killed only by its time limit, or a crash
+        if loaded["compile_killed"] == signal.SIGALRM:
+            return GradeResult(Verdict.TIME_LIMIT, [], n, "compiling took longer than the time "
+                               "limit", compile_time=time_limit)
+        return GradeResult(Verdict.RUNTIME_ERROR, [], n,
+                           f"the compiler crashed (signal {loaded['compile_killed']})")
+    compile_time = round(loaded["compile_time"], 6)
+    if "memory_error" in loaded:
+        return GradeResult(Verdict.MEMORY_LIMIT, [], n, loaded["memory_error"], compile_time)
     if "syntax_error" in loaded:
-        return GradeResult(Verdict.SYNTAX_ERROR, [], n, loaded["syntax_error"])
+        return GradeResult(Verdict.SYNTAX_ERROR, [], n, loaded["syntax_error"], compile_time)
     order = run_order(problem)
     worker.send("run", inputs=[problem.tests[i].input for i in order], time_limit=time_limit,
                 memory_bytes=memory, output_cap=opts.output_cap, max_threads=MAX_THREADS)
@@ -70,7 +80,7 @@ def grade_on(worker, problem: Problem, code: str, opts: Options) -> GradeResult:
             worker.send("stop")
             stopped = True
     failed = next((r.verdict for r in results if r.verdict is not Verdict.ACCEPTED), None)
-    return GradeResult(failed or Verdict.ACCEPTED, results, n)
+    return GradeResult(failed or Verdict.ACCEPTED, results, n, compile_time=compile_time)
 
 
 def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: int,

@@ -172,7 +172,7 @@ class SandboxPool:
 
 def _warn_if_degraded(info: dict) -> None:
     """The zygote's isolation report: say so when it fell back (docs/sandbox.md, Limits)."""
-    missing = [name for name in ("root", "namespaces", "chroot") if not info.get(name)]
+    missing = [name for name in ("root", "namespaces", "chroot", "views") if not info.get(name)]
     if missing:
         warnings.warn(f"sandbox isolation degraded: no {', '.join(missing)} (the zygote runs without "
                       "them; see docs/sandbox.md, 'Limits and known gaps')", RuntimeWarning, stacklevel=3)

@@ -32,6 +32,7 @@ class GradeResult:
     tests: list[TestResult] = field(default_factory=list)  # in the order they ran
     num_tests: int = 0  # tests in the problem; len(tests) is how many ran
     message: str = ""  # syntax error text or sandbox failure
+    compile_time: float = 0.0  # wall seconds compiling the solution, under its time limit
 
     @property
     def passed(self) -> bool:

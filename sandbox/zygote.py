@@ -15,6 +15,7 @@ import gc
 import importlib
 import json
 import linecache
+import mmap
 import os
 import resource
 import select
@@ -26,7 +27,7 @@ import time
 import traceback
 import types
 
-from . import ipc, seccomp_filter
+from . import ipc, rootfs, seccomp_filter
 from .child import Job, prepare_zygote, run
 from .grader import parse_status
 from .linux import (CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, MNT_DETACH, MS_NODEV,
@@ -37,7 +38,7 @@ TMPFS_BYTES = 64 << 20  # disk budget of one test's private directory
 TMPFS_INODES = 16_384  # and its file count: tmpfs inodes are kernel memory that `size` does not cap
 STDERR_TAIL = 2000
 
-# Importable by solutions. Lazily imported helpers (_strptime, encodings) are listed explicitly.
+# Imported ahead, for speed: solutions can import the whole standard library (rootfs).
 PRELOAD = """
 abc argparse array ast atexit base64 bisect binascii builtins calendar cmath codecs collections
 collections.abc contextlib copy csv ctypes dataclasses datetime decimal difflib dis enum errno
@@ -47,7 +48,10 @@ statistics string struct subprocess sys textwrap threading time timeit tokenize 
 typing unicodedata uuid warnings weakref zlib _strptime encodings.ascii encodings.latin_1
 encodings.utf_16 encodings.utf_32 encodings.cp1252 numpy numpy.linalg numpy.fft numpy.random
 numpy.polynomial sortedcontainers
+_bz2 _crypt _curses _curses_panel _lzma _sqlite3 _ssl _uuid nis readline
 """.split()
+# (The last line: extension modules linked to shared libraries outside the read-only views of
+# the standard library (rootfs); loaded here, their Python modules import from the views.)
 
 # LiveCodeBench runs every solution after `from M import *` for these modules, then
 # `from builtins import *` and `from typing import *`, and also imports the modules by name.
@@ -60,7 +64,7 @@ def _isolate() -> dict:
     also a user namespace (root inside) and a pid namespace, in which this process goes on as a
     fork, pid 1: the slot has no uid of its own, so only the pid namespace keeps a program from
     naming the user's other processes."""
-    info = {"root": os.geteuid() == 0, "namespaces": False, "chroot": False}
+    info = {"root": os.geteuid() == 0, "namespaces": False, "chroot": False, "views": False}
     uid, gid = os.getuid(), os.getgid()
     flags = CLONE_NEWNS | CLONE_NEWNET | (0 if info["root"] else CLONE_NEWUSER | CLONE_NEWPID)
     if libc.unshare(flags) != 0:
@@ -72,11 +76,22 @@ def _isolate() -> dict:
         _enter_pid_namespace()
     if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         return info
-    # Holds only the mount points of the tests' own tmpfs (_mount_test_dir).
-    opts = b"size=1m,nr_inodes=1024,mode=0711"
-    if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) != 0:
+    try:
+        sources = rootfs.open_views(rootfs.views())
+    except (OSError, ImportError) as e:  # e.g. an interpreter this user cannot read
+        sources = OSError(str(e))
+    # The solutions' root: the read-only views and the mount point of the tests' own tmpfs.
+    opts = b"size=1m,nr_inodes=1024,mode=0755"
+    if libc.mount(b"tmpfs", rootfs.ROOT.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) != 0:
         return info
     info["namespaces"] = info["chroot"] = True
+    try:
+        if isinstance(sources, OSError):
+            raise sources
+        rootfs.build(sources)
+        info["views"] = True
+    except OSError as e:  # an empty root then: only what was pre-imported can be imported
+        print(f"sandbox: no read-only views of the standard library: {e}", file=sys.stderr)
     return info
 
 
@@ -130,14 +145,17 @@ class Zygote:
         self.bpf = seccomp_filter.build_bpf()
         # One uid per slot, unique among live zygotes (the pool picks the base: pool.resolve_uid_base).
         self.uid = uid_base + os.getpid() if self.isolation["root"] else None
-        self.base = "/tmp" if self.isolation["chroot"] else tempfile.mkdtemp(prefix="coderl-sbx-")
-        if not self.isolation["chroot"]:
+        if not self.isolation["chroot"]:  # a host directory per test
+            self.base = tempfile.mkdtemp(prefix="coderl-sbx-")
             os.chmod(self.base, 0o711)
         self.code = None
         self.fn_name = None
         self.solution_class = False
         self.counter = 0
         self.pid = os.getpid()
+        # Set by a server while it compiles, so that its death then is the solution's verdict.
+        self.compiling = mmap.mmap(-1, 1)  # shared with the forks
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
         atexit._clear()  # children run atexit handlers of the solution only
         gc.freeze()  # children then do not touch (and copy) the pre-imported objects' pages
 
@@ -152,7 +170,11 @@ class Zygote:
             if pid == 0:
                 self._serve_one_solution()
             _, status = os.waitpid(pid, 0)
-            if status != 0:  # the grader is gone (or a crash): end, as a lost zygote
+            if self.compiling[0] and os.WIFSIGNALED(status):
+                # Killed while compiling the solution (SIGALRM: its time limit): its verdict.
+                self.compiling[0] = 0
+                ipc.send(self.replies, {"compile_killed": os.WTERMSIG(status)})
+            elif status != 0:  # the grader is gone (or a crash): end, as a lost zygote
                 return
 
     def _serve_one_solution(self) -> None:
@@ -183,20 +205,33 @@ class Zygote:
             os._exit(1)
         return op == "stop"
 
-    def op_load(self, code: str, fn_name: str | None) -> bool:
-        """Compile the solution; True when that ends it (a syntax error)."""
+    def op_load(self, code: str, fn_name: str | None, time_limit: float, memory_bytes: int) -> bool:
+        """Compile the solution under its own limits; True when that ends it (a syntax error,
+        or out of memory). Past the time limit the server dies of SIGALRM (a compile cannot be
+        interrupted otherwise) and the zygote reports it (serve)."""
         self.code = None
         self.fn_name = fn_name
         self.solution_class = "class Solution" in code  # LiveCodeBench decides by the text
         # Tracebacks in the child cannot read solution.py from disk: give them the source.
         linecache.cache["solution.py"] = (len(code), None, code.splitlines(True), "solution.py")
+        address_space = resource.getrlimit(resource.RLIMIT_AS)
+        self.compiling[0] = 1
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, address_space[1]))
+        signal.setitimer(signal.ITIMER_REAL, time_limit)  # SIGALRM's default action ends us
+        start = time.monotonic()
         try:
             self.code = compile(code, "solution.py", "exec", dont_inherit=True)
-        except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError) as e:
-            ipc.send(self.replies, {"syntax_error": f"{type(e).__name__}: {e}"})
-            return True
-        ipc.send(self.replies, {"ok": True})
-        return False
+            reply = {"ok": True}
+        except MemoryError:
+            reply = {"memory_error": "MemoryError while compiling"}
+        except (SyntaxError, ValueError, OverflowError, RecursionError) as e:
+            reply = {"syntax_error": f"{type(e).__name__}: {e}"}
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            resource.setrlimit(resource.RLIMIT_AS, address_space)
+            self.compiling[0] = 0
+        ipc.send(self.replies, {**reply, "compile_time": time.monotonic() - start})
+        return self.code is None
 
     def op_run(self, inputs: list[str], **limits) -> bool:
         """Run the tests in order, sending each result as soon as it is known, so the grader
@@ -214,13 +249,15 @@ class Zygote:
 
     def _run_one(self, stdin: str, time_limit: float, memory_bytes: int, output_cap: int,
                  max_threads: int) -> dict | None:
-        self.counter += 1
-        root = os.path.join(self.base, f"t{os.getpid()}-{self.counter}")
-        os.mkdir(root, 0o700)
-        if self.isolation["chroot"]:
-            _mount_test_dir(root, self.uid)
-        elif self.uid is not None:
-            os.chown(root, self.uid, self.uid)
+        if self.isolation["chroot"]:  # the root is shared, read-only; the test's tmpfs is its own
+            root, workdir = rootfs.ROOT, rootfs.ROOT + rootfs.WORKDIR
+            _mount_test_dir(workdir, self.uid)
+        else:
+            self.counter += 1
+            root = workdir = os.path.join(self.base, f"t{os.getpid()}-{self.counter}")
+            os.mkdir(root, 0o700)
+            if self.uid is not None:
+                os.chown(root, self.uid, self.uid)
         call = self.fn_name is not None
         fds = [os.memfd_create(name) for name in ("stdin", "stdout", "stderr", "status")]
         if not call:
@@ -265,8 +302,7 @@ class Zygote:
             if self.isolation["chroot"]:
                 # Frees the whole tree at once, however deep or large the program made it
                 # (rmtree can fail on a deep one, leaving it to fill the disk for later tests).
-                check(libc.umount2(root.encode(), MNT_DETACH), f"umount {root}")
-                os.rmdir(root)
+                check(libc.umount2(workdir.encode(), MNT_DETACH), f"umount {workdir}")
             else:
                 shutil.rmtree(root, ignore_errors=True)
 

@@ -26,3 +26,6 @@ def tiny_model_dir(tmp_path_factory):
     cfg = tiny_qwen3(len(tokenizer), 2, tokenizer)
     save_hf(folder, cfg, init_params(cfg, jax.random.key(0)))
     return folder
+
+
+from tests.rl.serve_helpers import serve_model_dir, served  # noqa: E402,F401  (session fixtures of test_serve_*)

@@ -150,7 +150,7 @@ def test_deep_directory_tree_is_freed_for_the_next_test(pool, marker):
     print("ok")
     """
     assert grade(pool, code, time_limit=5.0).passed
-    after = "import os\nprint(os.listdir('/'))\nopen('f', 'wb').write(b'x' * (60 << 20))\n"
+    after = "import os\nprint(os.listdir('.'))\nopen('f', 'wb').write(b'x' * (60 << 20))\n"
     assert grade(pool, after, [("", "[]")]).passed
     assert_untouched(pool, marker)
 
@@ -171,7 +171,7 @@ def test_inode_bomb_is_capped(pool, marker):
     start = time.monotonic()
     assert grade(pool, code, [("", "True True")], time_limit=10.0).passed
     assert time.monotonic() - start < 5
-    assert grade(pool, "import os\nprint(os.listdir('/'))\nos.mkdir('x')", [("", "[]")]).passed
+    assert grade(pool, "import os\nprint(os.listdir('.'))\nos.mkdir('x')", [("", "[]")]).passed
     assert_untouched(pool, marker)
 
 
@@ -301,7 +301,9 @@ def test_non_root_zygote_isolates_itself_in_a_pid_namespace():
     info = json.loads(run.stdout)
     if not info["namespaces"]:
         pytest.skip("no unprivileged user namespaces on this kernel")
+    views = info.pop("views")  # (False where this user cannot read the interpreter's files)
     assert info == {"root": False, "namespaces": True, "chroot": True, "pid": 1, "servers": [2, 3]}
+    assert isinstance(views, bool)
 
 
 @pytest.mark.parametrize("attack", ["os.nice(-5)", "os.nice(1)", "os.mkfifo('f')",

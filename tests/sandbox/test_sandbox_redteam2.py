@@ -46,7 +46,7 @@ def settle(pool):
 def test_huge_stdout_compares_fast(make_got, want):
     ok, seconds = timed(stdout_matches, make_got(), want)
     assert ok is False
-    assert seconds < 1.5
+    assert seconds < 3  # one pass over 64 MiB; the growth itself: test_sandbox_exit_and_cost
 
 
 @pytest.mark.parametrize("got, want, ok", [
@@ -80,7 +80,7 @@ def test_huge_stdout_program_is_judged_fast(pool, marker):
 def test_huge_typed_return_compares_fast(make_got, ok):
     result, seconds = timed(typed_return_matches, make_got(), "[1]")
     assert result is ok  # (a big top-level numpy array makes LCB's comparison raise: None)
-    assert seconds < 1.5
+    assert seconds < 3  # one pass over 64 MiB; the growth itself: test_sandbox_exit_and_cost
 
 
 @pytest.mark.parametrize("value, want", [
@@ -106,7 +106,7 @@ def test_big_equal_values_still_pass(value, want):
 def test_forged_huge_status_is_refused_fast(make_raw):
     status, seconds = timed(parse_status, make_raw())
     assert status == {}
-    assert seconds < 1.5
+    assert seconds < 3  # one pass over 64 MiB; the growth itself: test_sandbox_exit_and_cost
 
 
 def test_honest_big_status_still_parses():

@@ -1,0 +1,105 @@
+"""Start `python -m rl.serve` as a child process on a free port, wait until it generates, stop it on exit.
+
+    with EmbeddedServer(model_dir) as server:
+        httpx.post(f"{server.url}/generate", json=...)
+
+The child is stopped when the block exits (normally, on an error or on Ctrl-C), at interpreter exit,
+and, on Linux, when this process dies (the child gets SIGTERM from the kernel).
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT_S = 300.0
+
+
+class ServerStartError(RuntimeError):
+    """The server process exited or never became healthy; the message holds its log's tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    try:  # PR_SET_PDEATHSIG: the kernel sends SIGTERM when the parent goes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class EmbeddedServer:
+    def __init__(self, model_dir, *, port: int = 0, host: str = "127.0.0.1", extra_args=(), log_path=None,
+                 startup_timeout: float = STARTUP_TIMEOUT_S, env: dict | None = None):
+        self.model_dir, self.host = Path(model_dir), host
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self.extra_args, self.startup_timeout, self.env = list(extra_args), startup_timeout, env
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="rl-serve-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "EmbeddedServer":
+        argv = [sys.executable, "-m", "rl.serve", "--model", str(self.model_dir), "--host", self.host,
+                "--port", str(self.port), *self.extra_args]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, **(self.env or {})},
+                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        atexit.register(self.stop)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerStartError(f"python -m rl.serve exited with status {self.process.returncode}:\n"
+                                       f"{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health_generate", timeout=30).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise ServerStartError(f"{self.url} not healthy after {self.startup_timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"(no log at {self.log_path})"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        p, self.process = self.process, None
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,362 @@
+"""The embedded SGLang-compatible server: SGLang's native HTTP API (and OpenAI's /v1, see openai_api.py)
+on FastAPI, in front of the continuous-batching engine.
+
+Clients written for SGLang (its own, Atropos's SGLang handler, slime-style /generate callers) work
+unchanged: same paths, fields, answer shapes and status codes. Every input error is a 400 whose
+message names the field (FastAPI's 422 is replaced); 500 is left for bugs.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+import models
+from models.sampler import SamplingParams
+from rl.rollout.engine import Engine, Request
+from rl.rollout.protocol import (GenerateCall, ModelLimits, RequestError, engine_requests, parse_generate,
+                                 refuse_unknown, sglang_answer)
+
+log = logging.getLogger(__name__)
+HEALTH_TIMEOUT_S = 20.0  # as SGLang's /health_generate
+
+
+@dataclasses.dataclass
+class ServerState:
+    engine: Engine
+    tokenizer: Any  # a transformers tokenizer, or None (input_ids only)
+    limits: ModelLimits
+    model_path: str
+    served_model_name: str
+    api_key: str | None = None
+    server_args: dict = dataclasses.field(default_factory=dict)
+    started: float = dataclasses.field(default_factory=time.time)
+    update_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+
+async def read_json(request: HttpRequest) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError("body", f"malformed JSON ({e})") from None
+
+
+def error_response(status: int, message: str, field: str | None = None) -> JSONResponse:
+    # SGLang's error shape, plus OpenAI's keys, so either kind of client finds a message.
+    return JSONResponse({"error": {"message": message, "type": "BadRequestError" if status == 400 else "Error",
+                                   "param": field, "code": status}, "object": "error", "message": message},
+                        status_code=status)
+
+
+def attach(requests: list[Request], stream: bool = False) -> asyncio.Queue:
+    """Route the engine's per-request notifications (from its thread) into an asyncio queue of indices."""
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+    for i, r in enumerate(requests):
+        r.stream = stream
+        r.on_update = lambda _, i=i: loop.call_soon_threadsafe(queue.put_nowait, i)
+    return queue
+
+
+async def run_all(state: ServerState, requests: list[Request], http: HttpRequest | None) -> None:
+    """Submit and wait until every request finished; abort them if the client goes away."""
+    queue = attach(requests)
+    state.engine.submit(requests)
+    try:
+        while not all(r.finish for r in requests):
+            try:
+                await asyncio.wait_for(queue.get(), 1.0)
+            except asyncio.TimeoutError:
+                if http is not None and await http.is_disconnected():
+                    break
+    finally:
+        for rid in {r.rid for r in requests if not r.finish}:
+            state.engine.abort(rid, message="client disconnected")
+
+
+async def stream_all(state: ServerState, requests: list[Request]) -> AsyncIterator[int]:
+    """Submit and yield the index of each request as it gains a token or finishes."""
+    queue = attach(requests, stream=True)
+    state.engine.submit(requests)
+    try:
+        while not all(r.finish for r in requests) or not queue.empty():
+            yield await queue.get()
+    finally:
+        for rid in {r.rid for r in requests if not r.finish}:
+            state.engine.abort(rid, message="client disconnected")
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def create_app(state: ServerState) -> FastAPI:
+    from rl.rollout.openai_api import add_openai_routes
+
+    app = FastAPI(title="coderl embedded SGLang-compatible server")
+    app.state.server = state
+
+    @app.exception_handler(RequestError)
+    async def bad_request(_, e: RequestError):
+        return error_response(400, str(e), e.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_, e: RequestValidationError):
+        first = (e.errors() or [{}])[0]
+        field = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+        return error_response(400, f"{field}: {first.get('msg', 'invalid request')}", field)
+
+    @app.middleware("http")
+    async def bearer_auth(request: HttpRequest, call_next):
+        if state.api_key and request.url.path != "/health":
+            if request.headers.get("authorization", "") != f"Bearer {state.api_key}":
+                return error_response(401, "missing or wrong 'Authorization: Bearer' API key")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return Response(status_code=200)
+
+    @app.get("/health_generate")
+    async def health_generate():
+        r = Request([0], SamplingParams(max_new_tokens=1, temperature=0.0), rid="health-" + secrets.token_hex(8))
+        try:
+            await asyncio.wait_for(run_all(state, [r], None), HEALTH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return PlainTextResponse("health generation timed out", status_code=503)
+        if (r.finish or {}).get("type") == "abort":
+            return PlainTextResponse(f"health generation failed: {r.finish.get('message')}", status_code=503)
+        return Response(status_code=200)
+
+    @app.get("/get_model_info")
+    async def get_model_info():
+        cfg = state.engine.cfg
+        return {"model_path": state.model_path, "tokenizer_path": state.model_path, "is_generation": True,
+                "preferred_sampling_params": None, "weight_version": state.engine.weight_version,
+                "has_image_understanding": False, "has_audio_understanding": False, "model_type": cfg.arch,
+                "architectures": [{"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[cfg.arch]]}
+
+    @app.get("/get_server_info")
+    async def get_server_info():
+        e = state.engine
+        return {**state.server_args, "version": "coderl-embedded", "weight_version": e.weight_version,
+                "max_running_requests": e.slots, "context_length": e.context_length,
+                "max_total_num_tokens": e.slots * e.context_length, "paused": e.paused,
+                "internal_states": [{"pending_requests": e.pending(), "decode_steps": e.steps}],
+                "uptime_s": round(time.time() - state.started, 3)}
+
+    @app.get("/get_weight_version")
+    async def get_weight_version():
+        return {"weight_version": state.engine.weight_version}
+
+    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache():
+        if state.engine.flush():
+            return PlainTextResponse("Cache flushed.\n", status_code=200)
+        return PlainTextResponse(f"Cache not flushed: {state.engine.pending()} requests are running or waiting.\n",
+                                 status_code=400)
+
+    @app.post("/pause_generation")
+    async def pause_generation(request: HttpRequest):
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise RequestError("body", "must be a JSON object")
+        refuse_unknown(body, {"mode"}, "")
+        mode = body.get("mode", "abort")
+        if mode not in ("abort", "retract", "in_place"):
+            raise RequestError("mode", f"{json.dumps(mode)}: expected 'abort', 'retract' or 'in_place'")
+        state.engine.pause(mode)
+        return {"message": "Generation paused successfully.", "status": "ok"}
+
+    @app.post("/continue_generation")
+    async def continue_generation(request: HttpRequest):
+        await read_json(request)
+        state.engine.resume()
+        return {"message": "Generation continued successfully.", "status": "ok"}
+
+    @app.post("/abort_request")
+    async def abort_request(request: HttpRequest):
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise RequestError("body", "must be a JSON object")
+        refuse_unknown(body, {"rid", "abort_all", "finished_reason", "abort_message"}, "")
+        rid, abort_all = body.get("rid", ""), body.get("abort_all", False)
+        if not isinstance(rid, str):
+            raise RequestError("rid", "must be a string")
+        if not isinstance(abort_all, bool):
+            raise RequestError("abort_all", "must be true or false")
+        if not rid and not abort_all:
+            raise RequestError("rid", "give a rid or abort_all: true")
+        n = state.engine.abort(rid, abort_all=abort_all)
+        return {"success": True, "aborted": n}
+
+    @app.post("/update_weights_from_disk")
+    async def update_weights_from_disk(request: HttpRequest):
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise RequestError("body", "must be a JSON object")
+        refuse_unknown(body, {"model_path", "load_format", "abort_all_requests", "weight_version", "is_async",
+                              "torch_empty_cache", "keep_pause", "flush_cache", "recapture_cuda_graph",
+                              "token_step"}, "")
+        path, version = body.get("model_path"), body.get("weight_version")
+        if not isinstance(path, str) or not path:
+            raise RequestError("model_path", "must be a model folder path")
+        if version is not None and not isinstance(version, (str, int)):
+            raise RequestError("weight_version", "must be a string")
+        async with state.update_lock:
+            if body.get("abort_all_requests"):
+                state.engine.abort(abort_all=True, message="Aborted by update_weights_from_disk")
+            try:
+                cfg, params = await asyncio.to_thread(_load, path, state.engine.cfg)
+                await asyncio.to_thread(state.engine.set_weights, params, cfg,
+                                        state.engine.weight_version if version is None else str(version))
+            except (ValueError, OSError) as e:  # CheckpointError / ConfigError are ValueErrors
+                return JSONResponse({"success": False, "message": f"Failed to update weights from {path}: {e}",
+                                     "num_paused_requests": 0}, status_code=400)
+        state.model_path = path
+        return {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
+
+    @app.post("/generate")
+    async def generate(request: HttpRequest):
+        call = parse_generate(await read_json(request), state.limits, state.tokenizer)
+        flat = _expand(state, call)
+        requests = [r for _, r in flat]
+        if call.stream:
+            return StreamingResponse(_stream_generate(state, call, flat), media_type="text/event-stream")
+        await run_all(state, requests, request)
+        inputs = {id(p): await _input_logprobs(state, p) for p in call.prompts}
+        answers = [sglang_answer(r, p, call, state.tokenizer, inputs[id(p)]) for p, r in flat]
+        return JSONResponse(answers if call.batch else answers[0])
+
+    add_openai_routes(app, state)
+    return app
+
+
+def _load(path: str, cfg: models.ModelConfig):
+    """A checkpoint folder in the served model's dtypes, checked against its architecture."""
+    if not Path(path).is_dir():
+        raise ValueError(f"{path}: not a folder")
+    new_cfg, params = models.load_hf(path, cfg.param_dtype, compute_dtype=cfg.dtype, remat=cfg.remat,
+                                     attention=cfg.attention)
+    return new_cfg, params
+
+
+def _expand(state: ServerState, call: GenerateCall) -> list[tuple[Any, Request]]:
+    tok = state.tokenizer
+    flat = []
+    for p in call.prompts:
+        if p.sampling.stop_strings and tok is None:
+            raise RequestError("sampling_params.stop", "stop strings need the model folder's tokenizer")
+        skip = p.sampling.skip_special_tokens
+
+        def text_of(ids, skip=skip):
+            return tok.decode(ids, skip_special_tokens=skip)
+
+        flat += [(p, r) for r in engine_requests(p, text_of, None, call.stream)]
+    return flat
+
+
+async def _input_logprobs(state: ServerState, p) -> list | None:
+    """SGLang's input_token_logprobs: (logprob, id) from prompt token logprob_start_len on (the first
+    prompt token has none); empty at the default -1."""
+    if not p.return_logprob:
+        return None
+    if p.logprob_start_len < 0:
+        return []
+    values = await asyncio.to_thread(state.engine.prompt_logprobs, p.ids, p.sampling.params.temperature)
+    return [(None if t == 0 else values[t - 1], p.ids[t]) for t in range(p.logprob_start_len, len(p.ids))]
+
+
+async def _stream_generate(state: ServerState, call: GenerateCall, flat) -> AsyncIterator[str]:
+    requests = [r for _, r in flat]
+    async for i in stream_all(state, requests):
+        p, r = flat[i]
+        chunk = sglang_answer(r, p, call, state.tokenizer)
+        if call.batch:
+            chunk["index"] = i
+        yield sse(chunk)
+    yield "data: [DONE]\n\n"
+
+
+def eos_token_ids(model_dir: Path, cfg: models.ModelConfig, tokenizer) -> tuple[int, ...]:
+    """The ids a completion stops on unless ignore_eos: config.json's, generation_config.json's and the
+    tokenizer's EOS, as SGLang gathers them."""
+    found = [json.loads(v) for k, v in cfg.hf_extra if k == "eos_token_id"]
+    gen = model_dir / "generation_config.json"
+    if gen.is_file():
+        try:
+            found.append(json.loads(gen.read_text()).get("eos_token_id"))
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise models.ConfigError(f"{gen}: not a JSON object ({e})") from None
+    if tokenizer is not None:
+        found.append(tokenizer.eos_token_id)
+    ids = []
+    for x in found:
+        ids += x if isinstance(x, list) else [x]
+    return tuple(dict.fromkeys(i for i in ids if isinstance(i, int) and 0 <= i < cfg.vocab_size))
+
+
+def load_state(model_dir, *, slots: int = 32, context_length: int | None = None, dtype: str = "auto",
+               served_model_name: str | None = None, weight_version: str = "default", api_key: str | None = None,
+               server_args: dict | None = None) -> ServerState:
+    """Load the folder (weights, tokenizer if any) and start the engine on it."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    cfg, params = models.load_hf(model_dir, None if dtype == "auto" else dtype, remat="none")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        log.warning("%s: no usable tokenizer (%s); serving input_ids only", model_dir, e)
+        tokenizer = None
+    context_length = context_length or cfg.max_position_embeddings
+    limits = ModelLimits(cfg.vocab_size, context_length, eos_token_ids(model_dir, cfg, tokenizer))
+    engine = Engine(params, cfg, slots=slots, context_length=context_length, weight_version=weight_version)
+    return ServerState(engine, tokenizer, limits, str(model_dir), served_model_name or str(model_dir), api_key,
+                       server_args or {})
+
+
+def warm_up(engine: Engine) -> None:
+    """Compile the prefill and step programs of greedy and sampled decoding before the first request."""
+    import threading
+
+    done = threading.Semaphore(0)
+    requests = [Request([0, 1], SamplingParams(max_new_tokens=3, temperature=t), rid="warmup",
+                        on_update=lambda r: r.finish and done.release()) for t in (0.0, 1.0)]
+    for r in requests:
+        engine.submit([r])
+        done.acquire()
+
+
+def serve_embedded(args) -> int:
+    """`python -m rl.serve` with the embedded engine: load, warm up, serve until SIGINT / SIGTERM."""
+    import sys
+
+    import uvicorn
+
+    try:
+        state = load_state(args.model, slots=args.max_running_requests, context_length=args.context_length,
+                           dtype=args.dtype, served_model_name=args.served_model_name,
+                           weight_version=args.weight_version, api_key=args.api_key,
+                           server_args={k: v for k, v in vars(args).items() if k != "api_key"})
+    except (ValueError, OSError) as e:  # ConfigError and CheckpointError name the file at fault
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if not args.skip_warmup:
+            warm_up(state.engine)
+        uvicorn.run(create_app(state), host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        state.engine.close()
+    return 0

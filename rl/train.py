@@ -1,0 +1,90 @@
+"""`python -m rl.train EXPERIMENT [--set key.path=value ...] [--run-dir DIR] [--dry-run]`
+
+Loads an experiment file (a path, a bare name from experiments/, or a run's saved config.json),
+applies the overrides and validates it. --dry-run prints the resolved config as JSON and stops;
+otherwise the config is saved as config.json in the run directory and the RL loop runs there.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rl.experiment import Experiment, ExperimentError, available, check_resources, load, validate
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m rl.train", description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"experiments/: {', '.join(available())}")
+    parser.add_argument("experiment", help="a path to an experiment .py or a saved config.json, or a bare "
+                                           "name from experiments/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one setting, e.g. --set rollout.group_size=16 (repeatable); lists are "
+                             "comma-separated, none clears an optional value")
+    parser.add_argument("--run-dir", type=Path, help="where the run writes (default: runs/<name>)")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config as JSON")
+    return parser.parse_args(argv)
+
+
+def save_config(exp: Experiment, run_dir: Path) -> Path:
+    """Writes run_dir/config.json atomically. A run directory that already holds a different
+    config is refused (resuming keeps its config; a changed config is a new run)."""
+    path = run_dir / "config.json"
+    if path.exists():
+        try:
+            old = Experiment.from_json(path.read_text(), str(path))
+        except ExperimentError as e:
+            raise ExperimentError(f"{path} exists and is not a readable config ({e}); "
+                                  f"move it away or choose another --run-dir") from None
+        if old != exp:
+            new, prev = exp.to_dict(), old.to_dict()
+            changed = [f"{s}.{k}" for s in new if isinstance(new[s], dict)
+                       for k in new[s] if new[s][k] != prev[s].get(k)]
+            changed += [k for k in new if not isinstance(new[k], dict) and new[k] != prev[k]]
+            raise ExperimentError(f"{path} holds a different config (changed: {', '.join(changed)}); "
+                                  f"resume with the same settings or start a new run with --run-dir")
+        return path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(exp.to_json())
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        exp, source = load(args.experiment, args.overrides)
+        mesh = exp.mesh
+        if args.dry_run:
+            if -1 not in (mesh.data, mesh.fsdp, mesh.tensor):  # a fully given mesh must fit this machine
+                import jax
+                validate(exp, source, devices=jax.device_count())
+            print(exp.to_json(), end="")
+            return 0
+        import jax
+        validate(exp, source, devices=jax.device_count())
+        check_resources(exp, source)
+        run_dir = args.run_dir or Path("runs") / exp.name
+        save_config(exp, run_dir)
+    except ExperimentError as e:
+        for line in e.errors:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    try:
+        from rl import loop
+    except ModuleNotFoundError as e:
+        if e.name != "rl.loop":
+            raise
+        print(f"error: rl.loop is not there yet: the config is saved in {run_dir / 'config.json'}, "
+              f"but this checkout cannot run the RL loop", file=sys.stderr)
+        return 1
+    loop.run(exp, run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

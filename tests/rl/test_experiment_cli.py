@@ -1,0 +1,105 @@
+"""`python -m rl.train`: --dry-run prints JSON that loads back equal, a run saves its config.json
+and hands the experiment to rl.loop.run, and bad input exits with errors naming file and key."""
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+import rl
+import rl.train
+from rl.experiment import REPO, Experiment, load
+
+TINY_MODEL_CONFIG = {"architectures": ["Qwen3ForCausalLM"], "vocab_size": 64, "hidden_size": 16,
+                     "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 1, "head_dim": 8, "max_position_embeddings": 512}
+
+
+def test_dry_run_round_trips(capsys, tmp_path):
+    assert rl.train.main(["tiny_gspo", "--dry-run", "--set", "rollout.group_size=4", "--set", "seed=3"]) == 0
+    printed = capsys.readouterr().out
+    exp = Experiment.from_json(printed)
+    assert exp == load("tiny_gspo", ["rollout.group_size=4", "seed=3"])[0]
+    # The printed JSON is itself an EXPERIMENT argument, and prints the same again.
+    saved = tmp_path / "config.json"
+    saved.write_text(printed)
+    assert rl.train.main([str(saved), "--dry-run"]) == 0
+    assert capsys.readouterr().out == printed
+
+
+def test_dry_run_errors_exit_2_naming_file_and_key(capsys):
+    assert rl.train.main(["tiny_dapo", "--dry-run", "--set", "rollout.group_size=3",
+                          "--set", "batch.micro_batches=5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: experiments/tiny_dapo.py (--set batch.micro_batches=5): batch.micro_batches: ")
+
+
+def test_dry_run_checks_a_fully_given_mesh_only(capsys):
+    # The test session has 8 devices: a -1 axis is left to run time, a full mesh must fit now.
+    assert rl.train.main(["tiny_dapo", "--dry-run", "--set", "mesh.fsdp=-1", "--set", "mesh.data=3"]) == 0
+    assert rl.train.main(["tiny_dapo", "--dry-run", "--set", "mesh.fsdp=2", "--set", "mesh.data=2"]) == 2
+    assert "mesh.fsdp: mesh data=2 fsdp=2 tensor=1 does not fit 8 devices" in capsys.readouterr().err
+
+
+@pytest.fixture
+def run_inputs(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(TINY_MODEL_CONFIG))
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("{}\n")
+    return [f"model.path={model}", f"data.train={problems}", f"data.eval={problems}"]
+
+
+def _set(assignments):
+    return [arg for a in assignments for arg in ("--set", a)]
+
+
+def test_a_run_saves_its_config_and_calls_the_loop(tmp_path, monkeypatch, run_inputs):
+    calls = []
+    loop = types.ModuleType("rl.loop")
+    loop.run = lambda experiment, run_dir: calls.append((experiment, run_dir))
+    monkeypatch.setitem(sys.modules, "rl.loop", loop)
+    run_dir = tmp_path / "run"
+    assert rl.train.main(["tiny_grpo", "--run-dir", str(run_dir), *_set(run_inputs)]) == 0
+    exp = load("tiny_grpo", run_inputs)[0]
+    assert calls == [(exp, run_dir)]
+    assert Experiment.from_json((run_dir / "config.json").read_text()) == exp
+    # Resuming with the same config is fine; a changed one is refused and the saved one kept.
+    assert rl.train.main(["tiny_grpo", "--run-dir", str(run_dir), *_set(run_inputs)]) == 0
+    saved = (run_dir / "config.json").read_text()
+    assert rl.train.main(["tiny_grpo", "--run-dir", str(run_dir), *_set(run_inputs + ["seed=9"])]) == 2
+    assert (run_dir / "config.json").read_text() == saved and len(calls) == 2
+
+
+def test_a_run_without_rl_loop_says_so(tmp_path, monkeypatch, capsys, run_inputs):
+    monkeypatch.setitem(sys.modules, "rl.loop", None)  # import fails with ModuleNotFoundError
+    monkeypatch.delattr(rl, "loop", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert rl.train.main(["tiny_dapo", *_set(run_inputs)]) == 1
+    assert "rl.loop is not there yet" in capsys.readouterr().err
+    assert (tmp_path / "runs" / "tiny_dapo" / "config.json").is_file()  # default run dir: runs/<name>
+
+
+def test_a_run_checks_mesh_and_files(tmp_path, capsys, run_inputs):
+    assert rl.train.main(["tiny_dapo", "--run-dir", str(tmp_path / "r"), *_set(run_inputs + ["mesh.data=3"])]) == 2
+    assert "mesh.fsdp: mesh data=3 fsdp=-1 tensor=1 does not fit 8 devices" in capsys.readouterr().err
+    assert rl.train.main(["tiny_dapo", "--run-dir", str(tmp_path / "r"),
+                          *_set(run_inputs + [f"data.eval={tmp_path / 'gone.jsonl'}"])]) == 2
+    assert "data.eval: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_module_entry_point():
+    """The one subprocess: `python -m rl.train` exits 2 with errors, never a traceback."""
+    out = subprocess.run([sys.executable, "-m", "rl.train", "tiny_dapo", "--dry-run", "--set", "rollout.top_p=2"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: experiments/tiny_dapo.py (--set rollout.top_p=2): rollout.top_p: ")
+
+
+def test_help_lists_the_experiments(capsys):
+    with pytest.raises(SystemExit) as e:
+        rl.train.main(["--help"])
+    assert e.value.code == 0 and "nouscoder_14b_gspo_plus_40k" in capsys.readouterr().out

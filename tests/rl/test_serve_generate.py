@@ -1,0 +1,138 @@
+"""/generate of the embedded server over real HTTP: SGLang's answer fields, greedy equal to models.generate,
+logprobs equal to models.token_logprobs (greedy and sampled), n groups, batches, stops, streaming."""
+import json
+
+import numpy as np
+import pytest
+
+import models
+
+PROMPTS = [[5, 9, 14, 3], [7, 100, 23, 54, 8, 9, 11], [42]]
+GREEDY = {"temperature": 0.0, "ignore_eos": True}
+
+
+def triples(answer):
+    return answer["meta_info"]["output_token_logprobs"]
+
+
+def test_greedy_batch_equals_models_generate_in_order(served):
+    out = served.generate({"input_ids": PROMPTS, "sampling_params": {"max_new_tokens": 12, **GREEDY},
+                           "return_logprob": True})
+    ref = models.generate(served.params, served.cfg, PROMPTS, max_new_tokens=12, temperature=0.0)
+    assert isinstance(out, list) and len(out) == len(PROMPTS)
+    for answer, c, prompt in zip(out, ref, PROMPTS):
+        meta = answer["meta_info"]
+        assert answer["output_ids"] == c.token_ids
+        assert [t for _, t, _ in triples(answer)] == c.token_ids
+        np.testing.assert_allclose([lp for lp, _, _ in triples(answer)], c.logprobs, atol=2e-5)
+        np.testing.assert_allclose([lp for lp, _, _ in triples(answer)],
+                                   served.reference_logprobs(prompt, c.token_ids, 1.0), atol=2e-5)
+        assert meta["finish_reason"] == {"type": "length", "length": 12}
+        assert (meta["prompt_tokens"], meta["completion_tokens"], meta["cached_tokens"]) == (len(prompt), 12, 0)
+        assert meta["weight_version"] == "default" and meta["e2e_latency"] > 0 and meta["id"]
+        assert answer["text"] == served.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("temperature,filters", [(0.7, {"top_p": 0.9}), (1.3, {"top_k": 20, "min_p": 0.01})])
+def test_sampled_logprobs_are_token_logprobs_before_filtering(served, temperature, filters):
+    out = served.generate({"input_ids": PROMPTS[1], "return_logprob": True,
+                           "sampling_params": {"max_new_tokens": 10, "temperature": temperature, "n": 3,
+                                               "sampling_seed": 11, **GREEDY, "temperature": temperature,
+                                               **filters}})
+    assert len(out) == 3
+    for answer in out:
+        ids = answer["output_ids"]
+        ref = served.reference_logprobs(PROMPTS[1], ids, temperature)
+        np.testing.assert_allclose([lp for lp, _, _ in triples(answer)], ref, atol=2e-5)
+    # the filters held: every drawn token lies inside top-k / the nucleus of the unfiltered distribution
+    for answer in out:
+        full = []
+        for k, t in enumerate(answer["output_ids"]):
+            seq = PROMPTS[1] + answer["output_ids"][:k]
+            logits = np.asarray(models.forward(served.params, served.cfg, np.array([seq]))[0, -1]) / temperature
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            full.append((p > p[t]).sum() if "top_k" in filters else p[p > p[t]].sum())
+        limit = filters.get("top_k", filters.get("top_p"))
+        assert all(x < limit for x in full)
+
+
+def test_n_samples_differ_and_a_seed_reproduces_them(served):
+    body = {"input_ids": PROMPTS[0], "sampling_params": {"n": 4, "max_new_tokens": 6, "temperature": 1.0,
+                                                         "sampling_seed": 3, "ignore_eos": True}}
+    a, b = served.generate(body), served.generate(body)
+    assert len(a) == 4 and [x["output_ids"] for x in a] == [x["output_ids"] for x in b]
+    assert len({tuple(x["output_ids"]) for x in a}) == 4
+    assert len({x["meta_info"]["id"] for x in a}) == 4
+    body["sampling_params"]["sampling_seed"] = 4
+    assert [x["output_ids"] for x in served.generate(body)] != [x["output_ids"] for x in a]
+
+
+def test_batch_with_n_answers_prompt_major(served):
+    out = served.generate({"input_ids": PROMPTS[:2], "sampling_params": {"n": 2, "max_new_tokens": 3, **GREEDY}})
+    assert [x["meta_info"]["prompt_tokens"] for x in out] == [4, 4, 7, 7]
+    single = served.generate({"input_ids": PROMPTS[1], "sampling_params": {"max_new_tokens": 3, **GREEDY}})
+    assert isinstance(single, dict) and out[2]["output_ids"] == single["output_ids"]
+
+
+def test_stop_token_ends_it_with_the_token_in_the_triples(served):
+    greedy = served.generate({"input_ids": PROMPTS[1], "sampling_params": {"max_new_tokens": 8, **GREEDY}})
+    ids = greedy["output_ids"]
+    stop = ids[3]
+    end = ids.index(stop) + 1
+    for trim in (False, True):
+        out = served.generate({"input_ids": PROMPTS[1], "return_logprob": True,
+                               "sampling_params": {"max_new_tokens": 8, **GREEDY, "stop_token_ids": [stop],
+                                                   "no_stop_trim": trim}})
+        assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+        assert out["output_ids"] == ids[:end] and [t for _, t, _ in triples(out)] == ids[:end]
+        kept = ids[:end] if trim else ids[:end - 1]
+        assert out["text"] == served.tokenizer.decode(kept, skip_special_tokens=True)
+
+
+def test_stop_string_is_trimmed_unless_no_stop_trim(served):
+    greedy = served.generate({"input_ids": PROMPTS[2], "sampling_params": {"max_new_tokens": 10, **GREEDY}})
+    pieces = [served.tokenizer.decode([t]) for t in greedy["output_ids"]]
+    k = next(i for i, p in enumerate(pieces) if i >= 2 and p.strip() and p not in "".join(pieces[:i]))
+    stop = pieces[k].strip()[:2]
+    body = {"input_ids": PROMPTS[2], "sampling_params": {"max_new_tokens": 10, **GREEDY, "stop": [stop]}}
+    out = served.generate(body)
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert out["output_ids"] == greedy["output_ids"][:len(out["output_ids"])] and len(out["output_ids"]) <= k + 1
+    full = served.tokenizer.decode(out["output_ids"], skip_special_tokens=True)
+    assert out["text"] == full[:full.index(stop)] and stop in full
+    body["sampling_params"]["no_stop_trim"] = True
+    assert served.generate(body)["text"] == full
+
+
+def test_top_logprobs_text_and_input_logprobs(served):
+    out = served.generate({"input_ids": PROMPTS[1], "return_logprob": True, "top_logprobs_num": 3,
+                           "return_text_in_logprobs": True, "logprob_start_len": 0,
+                           "sampling_params": {"max_new_tokens": 4, **GREEDY}})
+    meta = out["meta_info"]
+    for (lp, t, text), top in zip(meta["output_token_logprobs"], meta["output_top_logprobs"]):
+        assert text == served.tokenizer.decode([t]) and len(top) == 3
+        assert top[0][1] == t and top[0][0] == pytest.approx(lp, abs=1e-6)  # greedy: the top token
+        assert top[0][0] >= top[1][0] >= top[2][0]
+    inputs = meta["input_token_logprobs"]
+    assert [t for _, t, _ in inputs] == PROMPTS[1] and inputs[0][0] is None
+    np.testing.assert_allclose([lp for lp, _, _ in inputs[1:]],
+                               served.reference_logprobs(PROMPTS[1][:1], PROMPTS[1][1:], 1.0), atol=2e-5)
+
+
+def test_text_input_zero_tokens_and_streaming(served):
+    text = "def add(a, b):"
+    out = served.generate({"text": text, "sampling_params": {"max_new_tokens": 0}})
+    assert out["output_ids"] == [] and out["meta_info"]["finish_reason"] == {"type": "length", "length": 0}
+    assert out["meta_info"]["prompt_tokens"] == len(served.tokenizer.encode(text))
+
+    body = {"input_ids": PROMPTS[0], "sampling_params": {"max_new_tokens": 5, **GREEDY}, "stream": True}
+    with served.http.stream("POST", "/generate", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert [len(c["output_ids"]) for c in chunks] == [1, 2, 3, 4, 5]
+    assert [c["meta_info"]["finish_reason"] for c in chunks[:-1]] == [None] * 4
+    final = served.generate({k: v for k, v in body.items() if k != "stream"})
+    assert chunks[-1]["output_ids"] == final["output_ids"] and chunks[-1]["text"] == final["text"]

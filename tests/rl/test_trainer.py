@@ -1,0 +1,107 @@
+"""The jitted policy update: sharded equals single-device for every objective, micro-batch accumulation
+equals one big batch, packed equals unpacked, mini-batches recompute old logprobs."""
+import jax
+import numpy as np
+import pytest
+
+from rl import packing
+from rl.experiment import ObjectiveSection
+from rl.trainer import Trainer
+from trainer_setup import (CFG, assert_trees_close, experiment, initial_params, mesh_2x2x2, samples,
+                           single_device_mesh)
+
+OBJECTIVES = {
+    "dapo": ObjectiveSection(name="dapo", tis_cap=2.0),
+    # GRPO with the KL term (a reference model) and the overlong rows masked out of the denominators.
+    "grpo": ObjectiveSection(name="grpo", kl_coef=0.04, overlong="mask"),
+    "gspo": ObjectiveSection(name="gspo", eps_low=0.2, eps_high=0.28),  # wide enough that tokens move
+    "gspo_plus": ObjectiveSection(name="gspo_plus", eps_low=0.2, eps_high=0.28, overlong="none"),
+}
+_RESULTS = {}
+
+
+def run_update(objective: str, mesh_name: str = "single", **batch):
+    """Two consecutive updates (so Adam's second step, the lr warmup and old != new all show); cached,
+    since several tests compare against the same single-device run."""
+    key = (objective, mesh_name, tuple(sorted(batch.items())))
+    if key not in _RESULTS:
+        mesh = mesh_2x2x2() if mesh_name == "2x2x2" else single_device_mesh()
+        trainer = Trainer(experiment(OBJECTIVES[objective], **batch), CFG, mesh)
+        state = trainer.init_state(initial_params())
+        data = trainer.pack(samples())
+        state, first = trainer.update(state, data)
+        state, second = trainer.update(state, data)
+        _RESULTS[key] = (jax.device_get(state.params), jax.device_get(first), jax.device_get(second), state)
+    return _RESULTS[key]
+
+
+def assert_same_update(a, b, rtol=2e-5):
+    params_a, first_a, second_a, _ = a
+    params_b, first_b, second_b, _ = b
+    for ma, mb in ((first_a, first_b), (second_a, second_b)):
+        assert ma.keys() == mb.keys()
+        for k in ma:
+            np.testing.assert_allclose(ma[k], mb[k], rtol=rtol, atol=1e-6, err_msg=k)
+    # Adam divides by sqrt(v): near-zero gradients amplify float noise, so params get a looser bound.
+    assert_trees_close(params_a, params_b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_sharded_update_equals_single_device(objective):
+    single, sharded = run_update(objective), run_update(objective, "2x2x2")
+    assert_same_update(single, sharded)
+    state = sharded[3]
+    gate = state.params["layers"]["gate"]
+    assert len(gate.sharding.device_set) == 8 and gate.sharding.spec == (None, "fsdp", "tensor")
+    # Adam's moments follow the parameter shardings.
+    mu = state.opt_state[1].inner_state[0].mu["layers"]["gate"]
+    assert mu.sharding.spec == gate.sharding.spec
+    params0 = initial_params()
+    assert not np.allclose(single[0]["layers"]["gate"], params0["layers"]["gate"])
+    first, second = single[1], single[2]
+    assert first["lr"] == pytest.approx(5e-3) and second["lr"] == pytest.approx(1e-2)  # warmup 2 steps
+    assert first["tokens"] > 0 and first["grad_norm"] > 0
+    # The second update's policy is no longer the first's, yet old = current within an update.
+    assert first["ratio_mean"] == pytest.approx(1.0) and second["ratio_mean"] == pytest.approx(1.0)
+    assert first["mismatch_mean"] > 0.1  # the rollout logprobs are not the model's
+    if objective == "grpo":
+        assert first["kl_ref"] == pytest.approx(0.0, abs=1e-7) and second["kl_ref"] > 0
+
+
+@pytest.mark.parametrize("objective", ["dapo", "grpo"])  # token mean and sequence mean
+@pytest.mark.parametrize("micro_batches", [2, 4])
+def test_micro_batches_equal_one_batch(objective, micro_batches):
+    assert_same_update(run_update(objective), run_update(objective, micro_batches=micro_batches))
+
+
+def test_packed_update_equals_unpacked():
+    packed = run_update("gspo", pack=True, max_tokens_per_row=24)
+    assert_same_update(run_update("gspo"), packed)
+
+
+def test_packing_saves_padding():
+    data = samples()
+    unpacked = packing.pack(data, pack=False)
+    packed = packing.pack(data, pack=True, row_len=24)
+    assert packing.padding_fraction(packed) < packing.padding_fraction(unpacked)
+    assert np.count_nonzero(packed.segment_ids) == np.count_nonzero(unpacked.segment_ids)
+    assert packed.segment_ids.max() > 1  # several sequences share a row
+
+
+def test_mini_batches_recompute_old_logprobs():
+    _, first, _, _ = run_update("dapo", mini_batches=2)
+    # The second optimizer step's policy differs from the one that computed old logprobs.
+    assert first["approx_kl"] > 0 and first["ratio_mean"] != pytest.approx(1.0, abs=1e-7)
+    assert first["lr"] == pytest.approx(1e-2)  # two optimizer steps: warmup done within the update
+    single_step = run_update("dapo")[1]
+    assert first["tokens"] == single_step["tokens"]
+
+
+def test_pack_rejects_bad_samples():
+    good = samples(4)
+    bad = [packing.Sample(s.prompt, s.response, s.logprobs[:-1], s.advantage) if i == 2 else s
+           for i, s in enumerate(good)]
+    with pytest.raises(ValueError, match="sample 2: .* logprobs for"):
+        packing.pack(bad)
+    with pytest.raises(ValueError, match="more than row_len=4"):
+        packing.pack(good, row_len=4)
