@@ -13,39 +13,55 @@ import dataclasses
 import time
 from typing import Awaitable, Callable, Sequence
 
+from rl import reward
+from rl.reward import Reward, RewardSettings
+from rl.rollout.client import RolloutClient
+from rl.rollout.records import Sample, SampleRequest
+from sandbox import SandboxPool
+
 
 @dataclasses.dataclass
 class Rollout:
-    """One graded completion."""
+    """One completion and its grade."""
     problem: int                 # index into the problem list
-    prompt_ids: list[int]
-    output_ids: list[int]
-    logprobs: list[float]        # the server's, one per output token
-    finish_reason: str           # "stop" | "length"
-    weight_version: int
-    reward: float
-    passed: bool
-    format_error: bool
-    text: str
-    verdict: str
-    seed: int
+    sample: Sample               # ids, logprobs, finish reason, weight_version, server
+    score: Reward                # reward, verdict, per-test results
+    text: str                    # the decoded completion
     generated_at: float = 0.0    # perf_counter when the server answered
     graded_at: float = 0.0       # perf_counter when the sandbox answered
 
     @property
+    def reward(self) -> float:
+        return self.score.reward
+
+    @property
+    def passed(self) -> bool:
+        return self.score.passed
+
+    @property
     def truncated(self) -> bool:
-        return self.finish_reason == "length"
+        return self.sample.finish_reason == "length"
+
+    @property
+    def version(self) -> int:
+        return int(self.sample.weight_version or 0)
+
+
+async def sample_and_grade(client: RolloutClient, pool: SandboxPool, tokenizer, problem: int, record,
+                           prompt_ids, *, key: str, index: int, sampling: dict, seed: int,
+                           settings: RewardSettings) -> Rollout:
+    """Draw one completion and grade it at once: the unit that overlaps generation with verification."""
+    sample = await client.draw(SampleRequest(key, index, tuple(prompt_ids), sampling, seed))
+    generated_at = time.perf_counter()
+    text = tokenizer.decode(sample.output_ids, skip_special_tokens=True)
+    score = await reward.score(pool, record.problem, text, finish_reason=sample.finish_reason, settings=settings)
+    return Rollout(problem, sample, score, text, generated_at, time.perf_counter())
 
 
 @dataclasses.dataclass
 class Collected:
     groups: list[list[Rollout]]  # each of size n, with a reward signal when dynamic sampling is on
     stats: dict
-
-
-def sample_seed(base: int, step: int, draw: int, index: int) -> int:
-    """A distinct, reproducible seed per completion: the same run draws the same samples."""
-    return (base * 1_000_003 + step * 10_007 + draw) * 1_009 + index & 0x7FFFFFFF
 
 
 async def collect(draw: Callable[[int], list[int]], sample: Callable[[int, int], Awaitable[Rollout]], *,
@@ -66,19 +82,22 @@ async def collect(draw: Callable[[int], list[int]], sample: Callable[[int, int],
     while len(kept) < groups_needed and rounds < max(1, max_rounds if dynamic else 1):
         rounds += 1
         problems = draw(groups_needed - len(kept))
-        tasks = {}
-        for p in problems:
+        async def member(j: int, p: int, index: int) -> tuple[int, Rollout]:
+            return j, await sample(p, index)  # j: the group (a problem may be drawn twice across an epoch)
+
+        tasks = []
+        for j, p in enumerate(problems):
             for _ in range(group_size):
-                tasks[asyncio.ensure_future(sample(p, counter))] = p
+                tasks.append(member(j, p, counter))
                 counter += 1
-        done_by_problem: dict[int, list[Rollout]] = collections.defaultdict(list)
-        for fut in asyncio.as_completed(list(tasks)):
-            r = await fut
+        members: list[list[Rollout]] = [[] for _ in problems]
+        for next_done in asyncio.as_completed(tasks):
+            j, r = await next_done
             generated, graded = max(generated, r.generated_at), max(graded, r.graded_at)
-            done_by_problem[r.problem].append(r)
-        for p in problems:
-            group = sorted(done_by_problem.pop(p), key=lambda r: r.seed)[:group_size]
-            if any(r.weight_version < min_version for r in group):
+            members[j].append(r)
+        for group in members:
+            group.sort(key=lambda r: r.sample.index)
+            if any(r.version < min_version for r in group):
                 drops["stale"] += 1
             elif dynamic and len({r.reward for r in group}) == 1:
                 drops["all_pass" if group[0].passed else "all_fail"] += 1
@@ -99,11 +118,11 @@ def summarize(groups: Sequence[Sequence[Rollout]]) -> dict:
     if not rollouts:
         return {}
     n = len(rollouts)
-    lengths = [len(r.output_ids) for r in rollouts]
+    lengths = [len(r.sample.output_ids) for r in rollouts]
     return {
         "reward/mean": sum(r.reward for r in rollouts) / n,
         "reward/pass_rate": sum(r.passed for r in rollouts) / n,
-        "reward/format_failure_rate": sum(r.format_error for r in rollouts) / n,
+        "reward/format_failure_rate": sum(r.score.format_error for r in rollouts) / n,
         "length/mean": sum(lengths) / n,
         "length/max": max(lengths),
         "length/truncated_frac": sum(r.truncated for r in rollouts) / n,

@@ -48,6 +48,8 @@ def main(argv=None) -> int:
         from rl.rollout.sglang import main as sglang_main
         return sglang_main(rest)
     args = parse_args(argv)
+    from rl.rollout.embedded import die_with_parent
+    die_with_parent()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from rl.rollout.server import serve_embedded
     return serve_embedded(args)

@@ -65,11 +65,12 @@ def model_config(exp, hf_path=None) -> models.ModelConfig:
 
 
 def lr_schedule(opt) -> optax.Schedule:
-    """Linear warmup from 0 over opt.warmup_steps optimizer steps, then constant (the seeds' schedule)."""
+    """Linear warmup then constant (the seeds' schedule): optimizer step k (from 0) uses
+    lr * min(1, (k + 1) / warmup_steps), so no step is wasted at lr 0 and step warmup_steps - 1 is the
+    first at full lr."""
     if opt.warmup_steps <= 0:
         return optax.constant_schedule(opt.lr)
-    return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, opt.warmup_steps),
-                                 optax.constant_schedule(opt.lr)], [opt.warmup_steps])
+    return lambda count: opt.lr * jnp.minimum(1.0, (count + 1) / opt.warmup_steps)
 
 
 def make_optimizer(opt) -> optax.GradientTransformation:
@@ -86,6 +87,121 @@ def _gather(x_RL1, index_NT):
     return x_RL.reshape(-1)[index_NT]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything the compiled update depends on besides its arguments. Hashable, so Trainers built
+    alike (the tests build many) share one compiled function."""
+    objective: Any  # rl.experiment.ObjectiveSection
+    optimizer: Any  # rl.experiment.OptimizerSection
+    cfg: models.ModelConfig
+    mesh: Mesh
+    chunk_size: int
+    compute_entropy: bool
+
+    @functools.cached_property
+    def shardings(self):
+        """(state shardings, abstract state, batch shardings) on this mesh."""
+        param_sh = models.param_shardings(self.cfg, self.mesh)
+        replicated = NamedSharding(self.mesh, P())
+        optimizer = make_optimizer(self.optimizer)
+        params_shape = abstract_params(self.cfg)
+        opt_shape = jax.eval_shape(optimizer.init, params_shape)
+        opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, opt_shape, param_sh,
+                                       transform_non_params=lambda _: replicated)
+        state_sh = TrainState(param_sh, opt_sh, replicated, replicated)
+        state_shape = TrainState(params_shape, opt_shape, jax.ShapeDtypeStruct((), jnp.int32),
+                                 jax.ShapeDtypeStruct((2,), jnp.uint32))
+        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shape, state_sh)
+        rows = NamedSharding(self.mesh, P(None, None, ("data", "fsdp")))  # the row / sequence axis of every field
+        batch_sh = packing.Batch(*([rows] * len(dataclasses.fields(packing.Batch))))
+        return state_sh, abstract, batch_sh
+
+
+@functools.cache
+def _jitted_update(static: _Static):
+    state_sh, _, batch_sh = static.shardings
+    reference_sh = state_sh.params if static.objective.kl_coef > 0 else None
+    replicated = NamedSharding(static.mesh, P())
+    return jax.jit(functools.partial(_update_fn, static), in_shardings=(state_sh, batch_sh, reference_sh),
+                   out_shardings=(state_sh, replicated), donate_argnums=0)
+
+
+def _logprobs(static: _Static, params, tokens_RL, segment_ids_RL, index_NT, entropy: bool):
+    """Logprobs (and entropies) of the loss view's tokens under params, from the packed model view."""
+    out = models.token_logprobs(params, static.cfg, tokens_RL, segment_ids=segment_ids_RL,
+                                return_entropy=entropy, chunk_size=static.chunk_size)
+    return jax.tree.map(lambda x: _gather(x, index_NT), out)
+
+
+def _micro_loss(static: _Static, params, mb, old_logp_NT, reference, normalizers):
+    obj = static.objective
+    entropy_NT = None
+    if old_logp_NT is None and static.compute_entropy:
+        logp_NT, entropy_NT = _logprobs(static, params, mb.tokens, mb.segment_ids, mb.index, True)
+        entropy_NT = jax.lax.stop_gradient(entropy_NT)
+    else:
+        logp_NT = _logprobs(static, params, mb.tokens, mb.segment_ids, mb.index, False)
+    if old_logp_NT is None:  # one optimizer step per batch: the sampling policy is the current one
+        old_logp_NT = jax.lax.stop_gradient(logp_NT)
+    ref_logp_NT = None
+    if reference is not None:
+        ref_logp_NT = jax.lax.stop_gradient(_logprobs(static, reference, mb.tokens, mb.segment_ids, mb.index, False))
+    hyper = {k: getattr(obj, k) for k in ("eps_low", "eps_high") if getattr(obj, k) is not None}
+    loss, metrics = policy_loss(
+        obj.name, logp_NT, old_logp_NT, mb.advantages, mb.mask, kl_coef=obj.kl_coef, ref_logp=ref_logp_NT,
+        rollout_logp=mb.rollout_logp, tis_cap=obj.tis_cap, entropy=entropy_NT,
+        **_overlong(obj, mb.truncated), **normalizers, **hyper)
+    metrics["sequences"] = mb.mask.any(axis=-1).sum()
+    return loss, metrics
+
+
+def _overlong(obj, truncated):
+    """policy_loss / loss_normalizers arguments for objective.overlong ("none": truncation ignored)."""
+    if obj.overlong == "none":
+        return dict(truncated=None)
+    return dict(truncated=truncated, overlong=obj.overlong)
+
+
+def _update_fn(static: _Static, state: TrainState, batch: packing.Batch, reference):
+    mini, micro = batch.tokens.shape[:2]
+    optimizer = make_optimizer(static.optimizer)
+    param_sh = static.shardings[0].params
+    if mini > 1:  # old logprobs from the pre-update params, for every mini-batch, before any step
+        flat = jax.tree.map(lambda x: x.reshape((mini * micro,) + x.shape[2:]), batch)
+
+        def old_step(_, mb):
+            return None, _logprobs(static, state.params, mb.tokens, mb.segment_ids, mb.index, False)
+
+        _, old_logp = jax.lax.scan(old_step, None, flat)
+        old_logp = jax.lax.stop_gradient(old_logp.reshape(batch.index.shape))
+    else:
+        old_logp = None
+
+    def mini_step(carry, xs):
+        params, opt_state = carry
+        mb_all, old_all = xs
+        # The whole mini-batch's token / sequence counts: every micro-batch divides by them.
+        normalizers = loss_normalizers(mb_all.mask.reshape(-1, mb_all.mask.shape[-1]),
+                                       **_overlong(static.objective, mb_all.truncated.reshape(-1)))
+
+        def micro_step(grads, xs):
+            mb, old = xs
+            (loss, metrics), g = jax.value_and_grad(_micro_loss, argnums=1, has_aux=True)(
+                static, params, mb, old, reference, normalizers)
+            grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+            return jax.lax.with_sharding_constraint(grads, param_sh), dict(metrics, loss=loss)
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        grads, metrics = jax.lax.scan(micro_step, jax.lax.with_sharding_constraint(zeros, param_sh), (mb_all, old_all))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=opt_state[1].hyperparams["learning_rate"])
+        return (params, opt_state), metrics
+
+    (params, opt_state), metrics = jax.lax.scan(mini_step, (state.params, state.opt_state), (batch, old_logp))
+    return state.replace(params=params, opt_state=opt_state, step=state.step + 1), _combine_metrics(metrics)
+
+
 class Trainer:
     """Builds, updates and exports the train state of one experiment on one mesh.
 
@@ -99,26 +215,11 @@ class Trainer:
     def __init__(self, exp, cfg: models.ModelConfig, mesh: Mesh, *, chunk_size: int = DEFAULT_CHUNK,
                  compute_entropy: bool = True):
         self.exp, self.cfg, self.mesh = exp, cfg, mesh
-        self.chunk_size, self.compute_entropy = chunk_size, compute_entropy
+        self._static = _Static(exp.objective, exp.optimizer, cfg, mesh, chunk_size, compute_entropy)
         self.optimizer = make_optimizer(exp.optimizer)
-        self.param_shardings = models.param_shardings(cfg, mesh)
-        self.replicated = NamedSharding(mesh, P())
-        params_shape = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                       abstract_params(cfg), self.param_shardings)
-        opt_shapes = jax.eval_shape(self.optimizer.init, params_shape)
-        opt_shardings = optax.tree_map_params(self.optimizer, lambda _, sh: sh, opt_shapes, self.param_shardings,
-                                              transform_non_params=lambda _: self.replicated)
-        self.state_shardings = TrainState(self.param_shardings, opt_shardings, self.replicated, self.replicated)
-        self._abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                      TrainState(params_shape, opt_shapes, jax.ShapeDtypeStruct((), jnp.int32),
-                                                 jax.ShapeDtypeStruct((2,), jnp.uint32)), self.state_shardings)
+        self.state_shardings, self._abstract, self.batch_shardings = self._static.shardings
+        self.param_shardings = self.state_shardings.params
         self.reference = None
-        rows = NamedSharding(mesh, P(None, None, ("data", "fsdp")))  # the row / sequence axis of every field
-        self.batch_shardings = packing.Batch(*([rows] * len(dataclasses.fields(packing.Batch))))
-        self._update = jax.jit(self._update_fn,
-                               in_shardings=(self.state_shardings, self.batch_shardings,
-                                             self.param_shardings if self.uses_reference else None),
-                               out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
 
     # ---- state ---------------------------------------------------------------------------------
     @property
@@ -138,16 +239,18 @@ class Trainer:
             self.set_reference(params)
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(params)
         seed = self.exp.seed if seed is None else seed
-        return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), self.replicated),
-                          jax.device_put(jax.random.PRNGKey(seed), self.replicated))
+        replicated = self.state_shardings.step
+        return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), replicated),
+                          jax.device_put(jax.random.PRNGKey(seed), replicated))
 
     def set_reference(self, params) -> None:
         """The frozen reference policy of the KL term (kept in the compute dtype; only when kl_coef > 0).
         After a restore, pass the run's initial params again."""
         if not self.uses_reference:
             raise ValueError("objective.kl_coef is 0: no reference model is kept")
+        # Never aliased to the given arrays: those may be the train state's, which each update donates.
         self.reference = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, self.cfg.dtype), params),
-                                        self.param_shardings)
+                                        self.param_shardings, may_alias=False)
 
     # ---- update --------------------------------------------------------------------------------
     def pack(self, samples) -> packing.Batch:
@@ -161,78 +264,7 @@ class Trainer:
         it). Metrics are device scalars (jax.device_get them when logging)."""
         if self.uses_reference and self.reference is None:
             raise ValueError("objective.kl_coef > 0 needs a reference model: call set_reference(params)")
-        return self._update(state, batch, self.reference)
-
-    def _logprobs(self, params, tokens_RL, segment_ids_RL, index_NT, entropy: bool):
-        """Logprobs (and entropies) of the loss view's tokens under params, from the packed model view."""
-        out = models.token_logprobs(params, self.cfg, tokens_RL, segment_ids=segment_ids_RL,
-                                    return_entropy=entropy, chunk_size=self.chunk_size)
-        return jax.tree.map(lambda x: _gather(x, index_NT), out)
-
-    def _micro_loss(self, params, mb, old_logp_NT, reference, normalizers):
-        obj = self.exp.objective
-        entropy_NT = None
-        if old_logp_NT is None and self.compute_entropy:
-            logp_NT, entropy_NT = self._logprobs(params, mb.tokens, mb.segment_ids, mb.index, True)
-            entropy_NT = jax.lax.stop_gradient(entropy_NT)
-        else:
-            logp_NT = self._logprobs(params, mb.tokens, mb.segment_ids, mb.index, False)
-        if old_logp_NT is None:  # one optimizer step per batch: the sampling policy is the current one
-            old_logp_NT = jax.lax.stop_gradient(logp_NT)
-        ref_logp_NT = None
-        if reference is not None:
-            ref_logp_NT = jax.lax.stop_gradient(
-                self._logprobs(reference, mb.tokens, mb.segment_ids, mb.index, False))
-        hyper = {k: getattr(obj, k) for k in ("eps_low", "eps_high") if getattr(obj, k) is not None}
-        truncated = None if obj.overlong == "none" else mb.truncated
-        loss, metrics = policy_loss(
-            obj.name, logp_NT, old_logp_NT, mb.advantages, mb.mask, kl_coef=obj.kl_coef, ref_logp=ref_logp_NT,
-            truncated=truncated, overlong="zero_advantage" if truncated is None else obj.overlong,
-            rollout_logp=mb.rollout_logp, tis_cap=obj.tis_cap, entropy=entropy_NT, **normalizers, **hyper)
-        metrics["sequences"] = mb.mask.any(axis=-1).sum()
-        return loss, metrics
-
-    def _update_fn(self, state: TrainState, batch: packing.Batch, reference):
-        mini, micro = batch.tokens.shape[:2]
-        obj = self.exp.objective
-        flat = jax.tree.map(lambda x: x.reshape((mini * micro,) + x.shape[2:]), batch)
-        if mini > 1:
-            def old_step(_, mb):
-                return None, self._logprobs(state.params, mb.tokens, mb.segment_ids, mb.index, False)
-
-            _, old_logp = jax.lax.scan(old_step, None, flat)
-            old_logp = jax.lax.stop_gradient(old_logp.reshape(batch.index.shape))
-        else:
-            old_logp = None
-
-        def mini_step(carry, xs):
-            params, opt_state = carry
-            mb_all, old_all = xs
-            Tr = mb_all.mask.shape[-1]
-            truncated = None if obj.overlong == "none" else mb_all.truncated.reshape(-1)
-            normalizers = loss_normalizers(mb_all.mask.reshape(-1, Tr), truncated,
-                                           "zero_advantage" if truncated is None else obj.overlong)
-
-            def micro_step(grads, xs):
-                mb, old = xs
-                (loss, metrics), g = jax.value_and_grad(self._micro_loss, has_aux=True)(
-                    params, mb, old, reference, normalizers)
-                grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-                return jax.lax.with_sharding_constraint(grads, self.param_shardings), dict(metrics, loss=loss)
-
-            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-            zeros = jax.lax.with_sharding_constraint(zeros, self.param_shardings)
-            grads, metrics = jax.lax.scan(micro_step, zeros, (mb_all, old_all))
-            updates, opt_state = self.optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                           lr=opt_state[1].hyperparams["learning_rate"])
-            return (params, opt_state), metrics
-
-        (params, opt_state), metrics = jax.lax.scan(mini_step, (state.params, state.opt_state),
-                                                    (batch, old_logp))
-        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
-        return new_state, _combine_metrics(metrics)
+        return _jitted_update(self._static)(state, batch, self.reference)
 
     # ---- export --------------------------------------------------------------------------------
     def export(self, state: TrainState, export_dir, version: int, tokenizer_from=None) -> Path:

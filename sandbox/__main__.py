@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="run every test (evaluation) instead of stopping at the first failure")
     grade.add_argument("--float-tolerance", action="store_true",
                        help="numbers in stdout match within 1e-4 (absolute, or relative above 1)")
+    grade.add_argument("--lcb-exact", action="store_true",
+                       help="reproduce LiveCodeBench's verdicts, its quirks included (mocked "
+                            "stdin, one process for all tests, catchable timeouts); for "
+                            "comparing with its leaderboard, not for rewards")
     return parser
 
 
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--code {args.code}: {e}")
     with SandboxPool(workers=1) as pool:
         result = pool.grade(problem, code, all_tests=args.all_tests, time_limit=args.time_limit,
-                            memory_mb=args.memory_mb, float_tolerance=args.float_tolerance)
+                            memory_mb=args.memory_mb, float_tolerance=args.float_tolerance,
+                            lcb_exact=args.lcb_exact)
     json.dump(result.to_json(), sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -20,7 +20,7 @@ import traceback
 import types
 from dataclasses import dataclass
 
-from . import seccomp_filter
+from . import lcb_exact, seccomp_filter
 from .rootfs import WORKDIR
 from .compare import encode_return
 from .grader import cpu_seconds
@@ -40,7 +40,7 @@ class Job:
     code: types.CodeType
     fn_name: str | None  # set: call-based
     solution_class: bool  # call-based: the code holds the text "class Solution"
-    args_text: str  # call-based arguments, one JSON value per line
+    args_text: bytearray  # call-based arguments, one JSON value per line (UTF-8)
     time_limit: float
     memory_bytes: int
     output_cap: int
@@ -51,6 +51,8 @@ class Job:
     zygote_pid: int
     bpf: bytes
     modules: dict  # "__main__" (stdin) and "solution" (call-based), pre-filled with the prelude
+    lcb_exact: bool = False  # run every test as lcb_runner does (args_text: the inputs, JSON)
+    cpu_limit: float | None = None  # seconds of CPU for the whole process (default: time_limit)
 
 
 def _lock_down(job: Job, fds: tuple[int, ...]) -> None:
@@ -75,7 +77,7 @@ def _lock_down(job: Job, fds: tuple[int, ...]) -> None:
     if os.getppid() != job.zygote_pid:
         os._exit(SETUP_FAILED)
     check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "PR_SET_DUMPABLE")
-    cpu = cpu_seconds(job.time_limit)
+    cpu = cpu_seconds(job.cpu_limit or job.time_limit)
     limits = [
         (resource.RLIMIT_AS, job.memory_bytes),
         (resource.RLIMIT_CPU, cpu, cpu + 1),
@@ -199,8 +201,10 @@ def run(job: Job, fds: tuple[int, ...]) -> None:
     """Never returns. fds: stdin, stdout, stderr, status, ready-pipe write end."""
     try:
         _lock_down(job, fds)
+        text = job.args_text.decode("utf-8", "surrogateescape")
         # json.loads: no digit limit here, and big integers must reach the solution as ints.
-        args = None if job.fn_name is None else call_args(job.args_text, json.loads)
+        args = json.loads(text) if job.lcb_exact else \
+            None if job.fn_name is None else call_args(text, json.loads)
         out, err = sys.stdout, sys.stderr  # kept: the solution may rebind sys.stdout
         seccomp_filter.install(job.bpf)
         os.write(4, b"R")
@@ -208,6 +212,10 @@ def run(job: Job, fds: tuple[int, ...]) -> None:
     except BaseException as e:  # noqa: BLE001
         os.write(2, f"sandbox set-up failed: {e!r}\n".encode())
         os._exit(SETUP_FAILED)
+    if job.lcb_exact:
+        report = lambda record: os.write(3, (json.dumps(record) + "\n").encode())  # noqa: E731
+        lcb_exact.run_all(job.code, job.fn_name, job.solution_class, args, job.time_limit, report)
+        os._exit(0)
     status = _run_solution(job, args)
     error = _flush_at_exit(out, err, job.modules["__main__" if job.fn_name is None else "solution"])
     if error is not None and status.get("ok"):

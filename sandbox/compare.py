@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from json.decoder import scanstring
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
 from fractions import Fraction
 
@@ -257,24 +258,28 @@ def decode_return(text: str):
     return _decode(loads_json(text))
 
 
-# A JSON string literal, or an unterminated one up to the end of the text. Every '"' outside a
-# string starts a match, so finditer never rescans: linear time (a pattern that needs the closing
-# quote retries from each escaped quote of an unterminated string, quadratic on '"\\"\\"\\"...').
-JSON_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
 _NODE_FACTOR = 8  # an equal value costs at most ~7 per expected element (a complex npscalar)
 
 
 def json_size(text: str, limit: float = float("inf")) -> int:
-    """A cheap measure of the number of values in JSON text, without parsing it: the separators
-    and brackets outside strings, plus one per string. Stops counting once past `limit`, so a
-    forged text costs at most ~limit steps (each string counts, so 64 MiB of '""' stops soon)."""
+    """A cheap measure of the number of values in JSON text, without building them: the
+    separators and brackets outside strings, plus one per string. Strings are skipped with
+    json's own C scanner, so the cost is linear in the text (a regular expression that needs
+    a closing quote rescans an unterminated string from each escaped quote: quadratic). A
+    string json.loads would refuse (unterminated, a bad escape) ends the count: parsing stops
+    there too. Stops counting once past `limit` (each string counts: 64 MiB of '""' stops soon)."""
     size, pos = 0, 0
-    for m in JSON_STRING.finditer(text):
-        size += 1 + sum(text.count(c, pos, m.start()) for c in ",:[{")
-        if size > limit:
+    while True:
+        quote = text.find('"', pos)
+        end = len(text) if quote < 0 else quote
+        size += sum(text.count(c, pos, end) for c in ",:[{")
+        if quote < 0 or size > limit:
             return size
-        pos = m.end()
-    return size + sum(text.count(c, pos) for c in ",:[{")
+        size += 1
+        try:
+            pos = scanstring(text, quote + 1, True)[1]
+        except ValueError:
+            return size
 
 
 def _too_big_to_equal(got_text: str, want_json: str) -> bool:

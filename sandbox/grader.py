@@ -27,6 +27,7 @@ class Options:
     memory_mb: int | None = None  # None: the problem's
     float_tolerance: bool = False  # compare numbers with FLOAT_TOLERANCE instead of exactly
     output_cap: int = OUTPUT_CAP
+    lcb_exact: bool = False  # reproduce lcb_runner's verdicts, quirks included (lcb_exact.py)
 
     def __post_init__(self):
         # Checked here, not when the child applies them: a bad limit is the caller's error.
@@ -52,7 +53,7 @@ def grade_on(worker, problem: Problem, code: str, opts: Options) -> GradeResult:
     memory = (problem.memory_mb if opts.memory_mb is None else opts.memory_mb) << 20
     n = len(problem.tests)
     worker.send("load", code=code, fn_name=problem.fn_name, time_limit=time_limit,
-                memory_bytes=memory)
+                memory_bytes=memory, lcb_exact=opts.lcb_exact)
     loaded = worker.recv(time_limit + ZYGOTE_GRACE)
     if "compile_killed" in loaded:  # a compile is killed only by its time limit, or a crash
         if loaded["compile_killed"] == signal.SIGALRM:
@@ -65,22 +66,100 @@ def grade_on(worker, problem: Problem, code: str, opts: Options) -> GradeResult:
         return GradeResult(Verdict.MEMORY_LIMIT, [], n, loaded["memory_error"], compile_time)
     if "syntax_error" in loaded:
         return GradeResult(Verdict.SYNTAX_ERROR, [], n, loaded["syntax_error"], compile_time)
+    if opts.lcb_exact:
+        return _grade_exact(worker, problem, opts, time_limit, memory, compile_time)
     order = run_order(problem)
-    worker.send("run", inputs=[problem.tests[i].input for i in order], time_limit=time_limit,
-                memory_bytes=memory, output_cap=opts.output_cap, max_threads=MAX_THREADS)
+    worker.send("run", count=n, time_limit=time_limit, memory_bytes=memory,
+                output_cap=opts.output_cap, max_threads=MAX_THREADS)
+    # Inputs go one at a time (zygote.op_run): tests 0 and 1 now, test k+2 on result k.
+    for i in order[:2]:
+        worker.send_input(problem.tests[i].input)
     results, stopped = [], False
     while not (run := worker.recv(time_limit + ZYGOTE_GRACE)).get("done"):
         if stopped:
             continue  # finished before the stop arrived: early stop ignores it
         i = order[run["index"]]
+        if opts.all_tests and run["index"] + 2 < n:  # else sent after judging
+            worker.send_input(problem.tests[order[run["index"] + 2]].input)
         verdict = judge(run, problem.tests[i], problem.call_based, time_limit, memory, opts)
         results.append(TestResult(i, verdict, round(run["wall"], 6), round(run["cpu"], 6),
                                   run["exit"], run["stderr"].decode("utf-8", "replace")[-1000:]))
         if verdict is not Verdict.ACCEPTED and not opts.all_tests:
             worker.send("stop")
             stopped = True
+        elif not opts.all_tests and run["index"] + 2 < n:
+            worker.send_input(problem.tests[order[run["index"] + 2]].input)
     failed = next((r.verdict for r in results if r.verdict is not Verdict.ACCEPTED), None)
     return GradeResult(failed or Verdict.ACCEPTED, results, n, compile_time=compile_time)
+
+
+def _grade_exact(worker, problem: Problem, opts: Options, time_limit: float, memory: int,
+                 compile_time: float) -> GradeResult:
+    """LiveCodeBench-exact mode: one child runs the tests in the problem's order and reports a
+    record per test (lcb_exact.run_all); judged here in order up to the first failure (or all
+    records, with all_tests). A test without a record is one the process did not live through
+    (lcb_runner: -1, every test fails)."""
+    n = len(problem.tests)
+    worker.send("run_all", count=n, time_limit=time_limit, memory_bytes=memory,
+                output_cap=opts.output_cap, max_threads=MAX_THREADS)
+    worker.send_input(json.dumps([t.input for t in problem.tests]))
+    deadline = (time_limit + 1) * n + 5 + ZYGOTE_GRACE
+    run = worker.recv(deadline)
+    while not worker.recv(ZYGOTE_GRACE).get("done"):
+        pass
+    records = parse_records(run["status"]) if run["ready"] else []
+    results = []
+    for i, test in enumerate(problem.tests):
+        if i < len(records):
+            verdict = judge_record(records[i], test, opts)
+        elif not run["ready"]:
+            verdict = Verdict.SANDBOX_ERROR
+        elif run["timed_out"]:
+            verdict = Verdict.TIME_LIMIT
+        else:
+            verdict = Verdict.RUNTIME_ERROR
+        stderr = run["stderr"].decode("utf-8", "replace")[-1000:]
+        results.append(TestResult(i, verdict, round(run["wall"], 6), round(run["cpu"], 6),
+                                  run["exit"], stderr))
+        if verdict is not Verdict.ACCEPTED and (not opts.all_tests or i >= len(records)):
+            break
+    failed = next((r.verdict for r in results if r.verdict is not Verdict.ACCEPTED), None)
+    return GradeResult(failed or Verdict.ACCEPTED, results, n, compile_time=compile_time)
+
+
+def judge_record(record: dict, test: Test, opts: Options) -> Verdict:
+    """Verdict of one lcb_exact record, as lcb_runner gives it."""
+    if "lcb" in record:
+        return Verdict.TIME_LIMIT if record["lcb"] == -3 else Verdict.RUNTIME_ERROR
+    if isinstance(record.get("out"), str):
+        tolerance = FLOAT_TOLERANCE if opts.float_tolerance else None
+        ok = stdout_matches(record["out"], test.output, tolerance)
+    elif isinstance(record.get("typed"), str):
+        ok = record.get("always_equal") is True or \
+            typed_return_matches(record["typed"], test.output, test.unwrap)
+    else:
+        return Verdict.RUNTIME_ERROR
+    if ok is None:
+        return Verdict.RUNTIME_ERROR
+    return Verdict.ACCEPTED if ok else Verdict.WRONG_ANSWER
+
+
+_RECORD_TYPES = {"out": str, "typed": str, "always_equal": bool, "lcb": int}
+
+
+def parse_records(raw: bytes) -> list[dict]:
+    """The lcb_exact child's records, one JSON object a line, up to the first mangled one (the
+    program can write its fd 3 too: only known keys and types, each line checked as cheaply
+    as parse_status checks a status)."""
+    records = []
+    for line in raw.split(b"\n"):
+        if not line:
+            break
+        record = parse_status(line, _RECORD_TYPES)
+        if not record:
+            break
+        records.append(record)
+    return records
 
 
 def judge(run: dict, test: Test, call_based: bool, time_limit: float, memory: int,
@@ -130,7 +209,7 @@ _STATUS_SKELETON = 100
 _STATUS_TYPES = {"ok": bool, "typed": str, "error": str, "errno": int, "detail": str}
 
 
-def parse_status(raw) -> dict:
+def parse_status(raw, types: dict = _STATUS_TYPES) -> dict:
     """The child's status: the known keys with the types the harness writes ({} if mangled)."""
     if not isinstance(raw, (bytes, str)) or not raw:
         return {}
@@ -150,5 +229,5 @@ def parse_status(raw) -> dict:
         return {}
     if not isinstance(status, dict):
         return {}
-    return {k: v for k, v in status.items() if isinstance(v, _STATUS_TYPES.get(k, ()))
-            and not (k == "errno" and isinstance(v, bool))}
+    return {k: v for k, v in status.items() if isinstance(v, types.get(k, ()))
+            and not (k in ("errno", "lcb") and isinstance(v, bool))}

@@ -90,6 +90,16 @@ class Worker:
             self.stop()
             raise WorkerCrashed(f"zygote lost during {op}: {e!r}") from e
 
+    def send_input(self, text: str) -> None:
+        """A test's input, as raw bytes after a frame (the server reads them into a buffer it
+        zeroes after the test)."""
+        data = text.encode("utf-8", "surrogateescape")
+        try:
+            ipc.send(self.proc.stdin.fileno(), ("input", {"size": len(data)}), raw=data)
+        except OSError as e:
+            self.stop()
+            raise WorkerCrashed(f"zygote lost sending an input: {e!r}") from e
+
     def recv(self, timeout: float) -> dict:
         try:
             return ipc.recv(self.proc.stdout.fileno(), timeout)

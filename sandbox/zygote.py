@@ -13,7 +13,6 @@ import atexit
 import builtins
 import gc
 import importlib
-import json
 import linecache
 import mmap
 import os
@@ -28,8 +27,8 @@ import traceback
 import types
 
 from . import ipc, rootfs, seccomp_filter
+from . import lcb_exact as lcb_exact_mode
 from .child import Job, prepare_zygote, run
-from .grader import parse_status
 from .linux import (CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, MNT_DETACH, MS_NODEV,
                     MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC, PR_SET_PDEATHSIG, check, libc)
 
@@ -195,22 +194,29 @@ class Zygote:
             traceback.print_exc()
         os._exit(0 if served else 1)
 
-    def _stop_requested(self, block: bool) -> bool:
-        """Read a pending request, which can only be "stop"; exit if the grader is gone."""
-        if not block and not select.select([self.requests], [], [], 0)[0]:
-            return False
+    def _read_message(self) -> bytearray | str:
+        """The grader's next message during a run: a test's input, or "stop". Exit if the
+        grader is gone. The input is read straight into a buffer of its own, which is zeroed
+        once its test ends (_scrub): no later test finds it in memory it inherits."""
         try:
-            op, _ = ipc.recv(self.requests)
+            op, payload = ipc.recv(self.requests)
+            if op != "input":
+                return op
+            buffer = bytearray(payload["size"])
+            ipc.recv_into(self.requests, buffer)
+            return buffer
         except EOFError:
             os._exit(1)
-        return op == "stop"
 
-    def op_load(self, code: str, fn_name: str | None, time_limit: float, memory_bytes: int) -> bool:
+    def op_load(self, code: str, fn_name: str | None, time_limit: float, memory_bytes: int,
+                lcb_exact: bool = False) -> bool:
         """Compile the solution under its own limits; True when that ends it (a syntax error,
         or out of memory). Past the time limit the server dies of SIGALRM (a compile cannot be
         interrupted otherwise) and the zygote reports it (serve)."""
         self.code = None
         self.fn_name = fn_name
+        if lcb_exact:  # the program text lcb_runner compiles
+            code = lcb_exact_mode.transform(code, fn_name is not None)
         self.solution_class = "class Solution" in code  # LiveCodeBench decides by the text
         # Tracebacks in the child cannot read solution.py from disk: give them the source.
         linecache.cache["solution.py"] = (len(code), None, code.splitlines(True), "solution.py")
@@ -233,22 +239,48 @@ class Zygote:
         ipc.send(self.replies, {**reply, "compile_time": time.monotonic() - start})
         return self.code is None
 
-    def op_run(self, inputs: list[str], **limits) -> bool:
-        """Run the tests in order, sending each result as soon as it is known, so the grader
-        judges test k while test k+1 runs. A "stop" from the grader (first failure) ends the
-        run, killing a test already started; then {"done": True}."""
-        for index, stdin in enumerate(inputs):
-            if self._stop_requested(block=False):
+    def op_run(self, count: int, **limits) -> bool:
+        """Run `count` tests, sending each result as soon as it is known, so the grader judges
+        test k while test k+1 runs. Inputs come one at a time: the grader sends inputs 0 and 1,
+        then, for each result k, the input k+2 or "stop" (first failure), which ends the run,
+        killing a test already started; then {"done": True}. So the input of test k+1 is read
+        only after test k's child was forked, and a child never holds another test's input."""
+        self.next = self._read_message()
+        for index in range(count):
+            stdin, self.next = self.next, None
+            if not isinstance(stdin, bytearray):  # "stop"
                 break
             result = self._run_one(stdin, **limits)
+            _scrub(stdin)
             if result is None:  # stopped while it ran
                 break
-            ipc.send(self.replies, {"index": index, **result})
+            if index + 1 < count and self.next is None:  # the reply to the previous result
+                self.next = self._read_message()
+            captures = result.pop("captures")
+            ipc.send(self.replies, {"index": index, **result}, files=captures)
+            for fd, _, _ in captures.values():
+                os.close(fd)
         ipc.send(self.replies, {"done": True})
         return True
 
-    def _run_one(self, stdin: str, time_limit: float, memory_bytes: int, output_cap: int,
-                 max_threads: int) -> dict | None:
+    def op_run_all(self, count: int, time_limit: float, **limits) -> bool:
+        """LiveCodeBench-exact mode: one child runs every test (lcb_exact.run_all), with the
+        inputs as one JSON list, under lcb_runner's overall timeout; one result."""
+        inputs = self._read_message()
+        if isinstance(inputs, bytearray):
+            result = self._run_one(inputs, time_limit, exact=True,
+                                   deadline=(time_limit + 1) * count + 5, **limits)
+            _scrub(inputs)
+            if result is not None:
+                captures = result.pop("captures")
+                ipc.send(self.replies, {"index": 0, **result}, files=captures)
+                for fd, _, _ in captures.values():
+                    os.close(fd)
+        ipc.send(self.replies, {"done": True})
+        return True
+
+    def _run_one(self, stdin: bytearray, time_limit: float, memory_bytes: int, output_cap: int,
+                 max_threads: int, exact: bool = False, deadline: float | None = None) -> dict | None:
         if self.isolation["chroot"]:  # the root is shared, read-only; the test's tmpfs is its own
             root, workdir = rootfs.ROOT, rootfs.ROOT + rootfs.WORKDIR
             _mount_test_dir(workdir, self.uid)
@@ -258,15 +290,15 @@ class Zygote:
             os.mkdir(root, 0o700)
             if self.uid is not None:
                 os.chown(root, self.uid, self.uid)
-        call = self.fn_name is not None
+        call = self.fn_name is not None or exact  # the input as data, not on fd 0
         fds = [os.memfd_create(name) for name in ("stdin", "stdout", "stderr", "status")]
         if not call:
-            os.write(fds[0], stdin.encode("utf-8", "surrogateescape"))
+            os.write(fds[0], stdin)
             os.lseek(fds[0], 0, os.SEEK_SET)
         ready_r, ready_w = os.pipe()
-        job = Job(self.code, self.fn_name, self.solution_class, stdin if call else "", time_limit,
-                  memory_bytes, output_cap, max_threads, self.uid, root, self.isolation["chroot"],
-                  os.getpid(), self.bpf, self.modules)
+        job = Job(self.code, self.fn_name, self.solution_class, stdin if call else bytearray(),
+                  time_limit, memory_bytes, output_cap, max_threads, self.uid, root,
+                  self.isolation["chroot"], os.getpid(), self.bpf, self.modules, exact, deadline)
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -276,28 +308,30 @@ class Zygote:
         except OSError:
             pass  # the child already exited or set it
         os.close(ready_w)
+        keep = [fds[1], fds[2], fds[3]]  # the captures, sent from the files (ipc.send)
         try:
-            outcome = self._wait(pid, start + time_limit)
+            outcome = self._wait(pid, start + (deadline or time_limit))
             wall = time.monotonic() - start
             _, status, usage = os.wait4(pid, 0)
             if outcome == "stopped":
                 return None
-            ready = os.read(ready_r, 1) == b"R"
-            report = _collect(fds[3], "status", output_cap)
+            captures = {"stdout": _capture(fds[1], output_cap),
+                        "stderr": _capture(fds[2], STDERR_TAIL, tail=True),
+                        "status": _capture(fds[3], output_cap)}
+            keep = []
             return {
                 "exit": os.waitstatus_to_exitcode(status),
                 "timed_out": outcome == "timed_out",
                 "wall": wall,
                 "cpu": usage.ru_utime + usage.ru_stime,
                 "maxrss": usage.ru_maxrss * 1024,
-                "ready": ready,
-                **_collect(fds[1], "stdout", output_cap),
-                **_collect(fds[2], "stderr", STDERR_TAIL),
-                **report,
-                "status": _clean_status(report["status"]),
+                "ready": os.read(ready_r, 1) == b"R",
+                **{name + "_size": os.fstat(fd).st_size for name, fd in
+                   (("stdout", fds[1]), ("stderr", fds[2]), ("status", fds[3]))},
+                "captures": captures,
             }
         finally:
-            for fd in (*fds, ready_r):
+            for fd in (fds[0], ready_r, *keep):
                 os.close(fd)
             if self.isolation["chroot"]:
                 # Frees the whole tree at once, however deep or large the program made it
@@ -307,12 +341,14 @@ class Zygote:
                 shutil.rmtree(root, ignore_errors=True)
 
     def _wait(self, pid: int, deadline: float) -> str:
-        """Wait for the child until the wall-clock deadline, then kill its whole group.
-        Returns "exited", "timed_out" or "stopped" (the grader asked; or it is gone: exit)."""
+        """Wait for the child until the wall-clock deadline, then kill its whole group; read
+        the grader's message meanwhile (the next input, or "stop"). Returns "exited",
+        "timed_out" or "stopped"."""
         pidfd = os.pidfd_open(pid)
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
-        poller.register(self.requests, select.POLLIN | select.POLLHUP)
+        if self.next is None:
+            poller.register(self.requests, select.POLLIN | select.POLLHUP)
         outcome = "exited"
         try:
             while True:
@@ -324,8 +360,9 @@ class Zygote:
                 if pidfd in events:
                     break
                 if self.requests in events:
-                    _kill(pid)  # before a possible exit below
-                    if self._stop_requested(block=True):
+                    poller.unregister(self.requests)  # one message at most (op_run)
+                    self.next = self._read_message()
+                    if self.next == "stop":
                         outcome = "stopped"
                         break
         finally:
@@ -352,18 +389,18 @@ def _mount_test_dir(path: str, uid: int | None) -> None:
           f"mount tmpfs on {path}")
 
 
-def _clean_status(raw: bytes) -> bytes:
-    """The child's status is its fd 3, which the solution can write too (or fill with garbage
-    and _exit). Pass on only the keys and types the harness writes; a mangled status is empty.
-    (The grader checks again: grader.parse_status.)"""
-    return json.dumps(parse_status(raw)).encode()
-
-
-def _collect(fd: int, name: str, keep: int) -> dict:
-    """Size of a capture file and its contents: whole up to `keep` bytes (stderr: the tail)."""
+def _capture(fd: int, keep: int, tail: bool = False) -> tuple[int, int, int]:
+    """What ipc.send sends of a capture file: (fd, offset, count), its first (or last) `keep`
+    bytes. Only the grader reads them (the status, which the program can write too, with
+    grader.parse_status): this server never holds what a test printed or returned."""
     size = os.fstat(fd).st_size
-    os.lseek(fd, max(0, size - keep) if name == "stderr" else 0, os.SEEK_SET)
-    return {name: os.read(fd, min(size, keep)) if size else b"", name + "_size": size}
+    offset = max(0, size - keep) if tail else 0
+    return fd, offset, min(size, keep)
+
+
+def _scrub(buffer: bytearray) -> None:
+    """Zero a test's input before it is freed: the next test's child inherits freed memory."""
+    buffer[:] = bytes(len(buffer))
 
 
 def main() -> None:

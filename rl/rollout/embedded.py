@@ -4,7 +4,8 @@
         httpx.post(f"{server.url}/generate", json=...)
 
 The child is stopped when the block exits (normally, on an error or on Ctrl-C), at interpreter exit,
-and, on Linux, when this process dies (the child gets SIGTERM from the kernel).
+and, on Linux, when the thread that started it dies (`rl.serve` asks the kernel for a SIGTERM then;
+see `die_with_parent`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import httpx
 
 STARTUP_TIMEOUT_S = 300.0
+PARENT_ENV = "RL_SERVE_PARENT_PID"
 
 
 class ServerStartError(RuntimeError):
@@ -34,11 +36,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    try:  # PR_SET_PDEATHSIG: the kernel sends SIGTERM when the parent goes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
+def die_with_parent() -> None:
+    """Called by `python -m rl.serve` itself when PARENT_ENV names its parent: SIGTERM when the parent
+    goes (Linux prctl PR_SET_PDEATHSIG), and exit at once if it is already gone. Set in the child,
+    not through a preexec_fn, which is unsafe in a multithreaded (JAX) parent."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None or sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        sys.exit(f"rl.serve: parent process {parent} is gone")
 
 
 class EmbeddedServer:
@@ -50,6 +60,8 @@ class EmbeddedServer:
         self.extra_args, self.startup_timeout, self.env = list(extra_args), startup_timeout, env
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="rl-serve-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
+        key = self.extra_args[self.extra_args.index("--api-key") + 1] if "--api-key" in self.extra_args[:-1] else None
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def start(self) -> "EmbeddedServer":
         argv = [sys.executable, "-m", "rl.serve", "--model", str(self.model_dir), "--host", self.host,
@@ -57,8 +69,7 @@ class EmbeddedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, **(self.env or {})},
-                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                            env={**os.environ, **(self.env or {}), PARENT_ENV: str(os.getpid())})
         atexit.register(self.stop)
         try:
             self._wait_healthy()
@@ -74,7 +85,7 @@ class EmbeddedServer:
                 raise ServerStartError(f"python -m rl.serve exited with status {self.process.returncode}:\n"
                                        f"{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/health_generate", timeout=30).status_code == 200:
+                if httpx.get(f"{self.url}/health_generate", headers=self.headers, timeout=30).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -280,8 +280,12 @@ async def _input_logprobs(state: ServerState, p) -> list | None:
 
 async def _stream_generate(state: ServerState, call: GenerateCall, flat) -> AsyncIterator[str]:
     requests = [r for _, r in flat]
+    sent = [(-1, None)] * len(flat)
     async for i in stream_all(state, requests):
         p, r = flat[i]
+        if sent[i] == (len(r.logprobs), r.finish):  # several notifications read one state: send it once
+            continue
+        sent[i] = (len(r.logprobs), r.finish)
         chunk = sglang_answer(r, p, call, state.tokenizer)
         if call.batch:
             chunk["index"] = i

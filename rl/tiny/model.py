@@ -1,35 +1,45 @@
 """The tiny model's tokenizer and config, and the token ids of a (prompt, answer) pair.
 
-The BPE tokenizer is trained on the rendered training conversations, so the fixed prompt text, each
-question word, each constant and each program fragment become single tokens: answers are 16-28
-tokens, which keeps CPU sampling fast.
+Prompts are rl.data's (the LiveCodeBench template, rendered with the tokenizer's chat template), so
+the warm start sees exactly the token ids the RL loop will sample from. The byte-level BPE tokenizer
+is trained on the rendered training conversations: the fixed prompt words, each question word, each
+constant and each program fragment become single tokens, so answers are 16-28 tokens and CPU
+sampling stays fast.
 """
 from __future__ import annotations
 
 from models.config import ModelConfig
 from models.demo import tiny_qwen3
 from models.tokenizer import IM_END, train_bpe_tokenizer
-from rl.tiny.prompt import answer_text, lcb_messages
+from rl.data import prompt_messages, render_prompt, to_record
 
 VOCAB_SIZE = 1024  # an upper bound: the merges run out near 750 tokens on the shipped problems
+PROMPT_STYLE = "lcb"  # the experiment's data.prompt for the tiny runs
 
 
-def render_prompt(tokenizer, question: str) -> str:
-    return tokenizer.apply_chat_template(lcb_messages(question), tokenize=False, add_generation_prompt=True)
+def answer_text(code: str) -> str:
+    """A completion: the program in a python fence (what `sandbox.extract_code` reads back)."""
+    return f"```python\n{code}\n```"
+
+
+def record(problem: dict):
+    """rl.data's ProblemRecord of a shipped problem (what the RL loop renders prompts from)."""
+    return to_record(problem, problem["id"], f"tiny problem {problem['id']}")
 
 
 def train_tokenizer(problems: list[dict]):
     """Byte-level BPE (models.tokenizer) trained on the full conversations of `problems`."""
     template = train_bpe_tokenizer(["-"], vocab_size=260)  # only its chat template is used here
-    return train_bpe_tokenizer([render_prompt(template, p["question"]) + answer_text(p["solution"]) + IM_END
-                                for p in problems], VOCAB_SIZE)
+    texts = [template.apply_chat_template(prompt_messages(record(p), PROMPT_STYLE), tokenize=False,
+                                          add_generation_prompt=True) + answer_text(p["solution"]) + IM_END
+             for p in problems]
+    return train_bpe_tokenizer(texts, VOCAB_SIZE)
 
 
 def encode_pair(tokenizer, problem: dict) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids ending with <|im_end|>), encoded apart as a sampler sees them."""
-    prompt = tokenizer.encode(render_prompt(tokenizer, problem["question"]), add_special_tokens=False)
     answer = tokenizer.encode(answer_text(problem["solution"]), add_special_tokens=False)
-    return prompt, answer + [tokenizer.convert_tokens_to_ids(IM_END)]
+    return render_prompt(record(problem), tokenizer, PROMPT_STYLE), answer + [tokenizer.convert_tokens_to_ids(IM_END)]
 
 
 def tiny_config(tokenizer, layers: int = 2) -> ModelConfig:

@@ -34,16 +34,25 @@ class Served:
         assert r.status_code == 200, r.text
         return r.json()
 
+    @staticmethod
+    def _padded(seq: list[int]):
+        tokens = np.zeros((1, PAD_TO), np.int32)
+        tokens[0, :len(seq)] = seq
+        return tokens, (np.arange(PAD_TO) < len(seq)).astype(np.int32)[None]
+
     def reference_logprobs(self, prompt: list[int], completion: list[int], temperature: float) -> np.ndarray:
         """models.token_logprobs of each completion token given everything before it."""
         import models
 
-        seq = prompt + completion
-        tokens = np.zeros((1, PAD_TO), np.int32)
-        tokens[0, :len(seq)] = seq
-        mask = (np.arange(PAD_TO) < len(seq)).astype(np.int32)[None]
-        logp = models.token_logprobs(self.params, self.cfg, tokens, mask, temperature=temperature)
-        return np.asarray(logp[0, len(prompt) - 1:len(seq) - 1])
+        logp = models.token_logprobs(self.params, self.cfg, *self._padded(prompt + completion), temperature=temperature)
+        return np.asarray(logp[0, len(prompt) - 1:len(prompt) + len(completion) - 1])
+
+    def reference_logits(self, prompt: list[int], completion: list[int]) -> np.ndarray:
+        """models.forward's logits [len(completion), V] that predicted each completion token."""
+        import models
+
+        logits = models.forward(self.params, self.cfg, *self._padded(prompt + completion))
+        return np.asarray(logits[0, len(prompt) - 1:len(prompt) + len(completion) - 1])
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ equals one big batch, packed equals unpacked, mini-batches recompute old logprob
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from rl import packing
 from rl.experiment import ObjectiveSection
@@ -42,8 +43,9 @@ def assert_same_update(a, b, rtol=2e-5):
         assert ma.keys() == mb.keys()
         for k in ma:
             np.testing.assert_allclose(ma[k], mb[k], rtol=rtol, atol=1e-6, err_msg=k)
-    # Adam divides by sqrt(v): near-zero gradients amplify float noise, so params get a looser bound.
-    assert_trees_close(params_a, params_b, rtol=1e-4, atol=1e-5)
+    # Adam divides by sqrt(v), so near-zero gradients amplify float noise: params are held to 0.5% of
+    # one step (lr 1e-2); a wrong normaliser shows in loss and grad_norm above.
+    assert_trees_close(params_a, params_b, rtol=1e-4, atol=5e-5)
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
@@ -52,7 +54,7 @@ def test_sharded_update_equals_single_device(objective):
     assert_same_update(single, sharded)
     state = sharded[3]
     gate = state.params["layers"]["gate"]
-    assert len(gate.sharding.device_set) == 8 and gate.sharding.spec == (None, "fsdp", "tensor")
+    assert len(gate.sharding.device_set) == 8 and gate.sharding.spec == P(None, "fsdp", "tensor")
     # Adam's moments follow the parameter shardings.
     mu = state.opt_state[1].inner_state[0].mu["layers"]["gate"]
     assert mu.sharding.spec == gate.sharding.spec

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 import models
+from models.weights import full_shape, map_weights
 from rl import packing
 from rl.experiment import BatchSection, Experiment, ObjectiveSection, OptimizerSection
 
@@ -34,8 +35,10 @@ def mesh_2x2x2():
 
 @functools.cache
 def _initial_params():
-    # Jitted: eager init compiles one tiny program per weight (~10 s on a busy machine).
-    return jax.device_get(jax.jit(models.init_params, static_argnums=(0, 2))(CFG, jax.random.key(0), 0.3))
+    # numpy, not models.init_params: its eager per-weight init compiles one program per weight.
+    rng = np.random.default_rng(0)
+    return map_weights(CFG, lambda w: (np.ones if w.init == "ones" else np.zeros)(full_shape(w, CFG), np.float32)
+                       + 0.3 * rng.standard_normal(full_shape(w, CFG)).astype(np.float32))
 
 
 def initial_params():

@@ -93,12 +93,10 @@ def _payloads(n: int) -> dict:
     """Hostile captures of about n bytes, each against the step that reads it."""
     from sandbox.compare import stdout_matches, typed_return_matches
     from sandbox.grader import parse_status
-    from sandbox.zygote import _clean_status
     half = n // 2
     quotes = '"' + '\\"' * half  # an unterminated string of escaped quotes: was quadratic
     return {
         "status: escaped quotes": (parse_status, quotes.encode()),
-        "status in the server: escaped quotes": (_clean_status, quotes.encode()),
         "status: a typed value of escaped quotes": (
             parse_status, json.dumps({"ok": True, "typed": quotes}).encode()),
         "status: brackets": (parse_status, b"[" * n),

@@ -1,0 +1,248 @@
+"""The RL loop, top to bottom as the data flows:
+
+problems -> prompts -> rollouts (SGLang servers) -> verdicts (sandbox, as each completion arrives)
+-> rewards -> advantages -> update (sharded, jitted) -> weights back to the servers.
+
+Each arrow is one call into the room that owns it: rl.data, rl.rollout, rl.reward / sandbox,
+rl.losses, rl.trainer. With rollout.max_staleness >= 1 the next batch is generated while this one
+trains (one-step-off, as slime's train_async), and its weights are pushed once both are done.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+import models
+from rl import data, evaluation, groups, metrics, packing
+from rl.checkpoint import Checkpointer
+from rl.experiment import Experiment, model_config
+from rl.losses import compute_advantages
+from rl.reward import RewardSettings
+from rl.rollout.client import RolloutClient, wait_healthy
+from rl.rollout.embedded import EmbeddedServer
+from rl.rollout.records import sample_seed
+from rl.stream import ProblemStream
+from rl.trainer import Trainer
+from sandbox import SandboxPool
+
+
+def run(exp: Experiment, run_dir: str | Path) -> dict:
+    """Train until exp.schedule.steps, resuming from the run directory's last complete checkpoint."""
+    return asyncio.run(_run(exp, Path(run_dir)))
+
+
+async def _run(exp: Experiment, run_dir: Path) -> dict:
+    say = _Console(run_dir)
+    # Problems -> prompts, rendered once with the model folder's own chat template.
+    tokenizer = data.load_tokenizer(exp.model.path)
+    held_out = data.prepare(exp.data, tokenizer, "eval", progress=True)
+    train = data.prepare(exp.data, tokenizer, "train", exclude=[r for r, _ in held_out.prompts], progress=True)
+    (run_dir / "data.json").write_text(json.dumps({"train": train.report, "eval": held_out.report}, indent=1))
+    say(f"problems: {len(train.prompts)} train, {len(held_out.prompts)} held out "
+        f"(dropped: {_dropped(train.report)}); details in {run_dir / 'data.json'}")
+
+    # The sharded train state, restored from the last complete checkpoint when there is one.
+    mesh = models.make_mesh(exp.mesh.data, exp.mesh.fsdp, exp.mesh.tensor)
+    cfg = model_config(exp)
+    trainer = Trainer(exp, cfg, mesh)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=exp.schedule.keep_checkpoints)
+    stream = ProblemStream(len(train.prompts), seed=exp.seed)
+    restored = ckpt.restore_latest(trainer.abstract_state())
+    if restored:
+        state, extra = restored
+        stream.restore(extra["data"])
+        best = extra.get("best", {})
+        if trainer.uses_reference:
+            trainer.set_reference(_initial_params(exp, cfg, mesh))
+        say(f"resumed from step {int(state.step)} ({ckpt.directory})")
+    else:
+        state, best = trainer.init_state(_initial_params(exp, cfg, mesh)), {}
+    step = int(jax.device_get(state.step))
+    logger = metrics.RunLogger(run_dir, resume_step=step)
+    exports = run_dir / "export"
+    current = trainer.export(state, exports, step)
+
+    settings = RewardSettings.from_experiment(exp)
+    stop_ids = sorted({i for i in (tokenizer.eos_token_id, *_eos_ids(cfg)) if i is not None})
+    async with contextlib.AsyncExitStack() as stack:
+        # Servers: the experiment's SGLang servers, or the embedded one started on the latest export.
+        if exp.rollout.servers:
+            urls = list(exp.rollout.servers)
+            await wait_healthy(urls, timeout=600)
+        else:
+            server = stack.enter_context(EmbeddedServer(current, log_path=run_dir / "server.log"))
+            urls = [server.url]
+            say(f"embedded server on {server.url} serving {current.name} (log: {run_dir / 'server.log'})")
+        client = await stack.enter_async_context(RolloutClient(urls, max_concurrency=exp.rollout.max_concurrency))
+        pool = stack.enter_context(SandboxPool(exp.sandbox.workers or None))
+        if exp.rollout.servers:  # they may hold other weights (a crash, another run): push ours first
+            await client.sync_weights(current, step)
+
+        def sampler(problems, sampling, key):
+            async def sample(p: int, index: int) -> groups.Rollout:
+                record, prompt_ids = problems[p]
+                return await groups.sample_and_grade(
+                    client, pool, tokenizer, p, record, prompt_ids, key=f"{key}/{p}", index=index,
+                    sampling=sampling, seed=sample_seed(zlib.crc32(f"{exp.seed}/{key}".encode()), index),
+                    settings=settings)
+            return sample
+
+        async def held_out_eval(at: int) -> dict:
+            sampling = dict(max_new_tokens=exp.rollout.max_response_tokens_at(at), stop_token_ids=stop_ids,
+                            temperature=exp.rollout.eval_temperature, top_p=exp.rollout.eval_top_p)
+            t0 = time.perf_counter()
+            result = await evaluation.evaluate(
+                client, pool, tokenizer, held_out.prompts, n=exp.rollout.eval_n, ks=(1,), sampling=sampling,
+                settings=settings, seed=exp.seed + at, out_dir=run_dir / "eval" / f"step_{at:06d}", progress=False)
+            out = {f"eval/{k}": v for k, v in result["totals"].items() if k.startswith("pass@")}
+            return {**out, "time/eval": time.perf_counter() - t0}
+
+        def collect(at: int, version: int):
+            """Rollouts for step `at`, from weights `version` or newer (the staleness bound)."""
+            sampling = dict(max_new_tokens=exp.rollout.max_response_tokens_at(at), stop_token_ids=stop_ids,
+                            temperature=exp.rollout.temperature, top_p=exp.rollout.top_p)
+            return groups.collect(stream.take, sampler(train.prompts, sampling, f"step{at}"),
+                                  groups_needed=exp.batch.prompts_per_step, group_size=exp.rollout.group_size,
+                                  dynamic=exp.rollout.dynamic_sampling, max_rounds=exp.rollout.max_refill_rounds,
+                                  min_version=version - exp.rollout.max_staleness)
+
+        if step == 0 and held_out.prompts:
+            say("held-out evaluation before RL ...")
+            row = logger.log(0, await held_out_eval(0))
+            best = {"step": 0, "pass@1": row.get("eval/pass@1")}
+            say(f"held-out pass@1 before RL: {row.get('eval/pass@1', float('nan')):.3f}")
+
+        position = stream.position()
+        pending = asyncio.ensure_future(collect(step, step))
+        bar = tqdm(total=exp.schedule.steps, initial=step, desc=exp.name, unit="step", dynamic_ncols=True)
+        while step < exp.schedule.steps:
+            t_step = time.perf_counter()
+            collected = await pending
+            # Rollouts -> rewards -> advantages -> the update's arrays.
+            batch, rollout_stats = _batch(exp, trainer, collected, step)
+            position = stream.position()  # a resume redraws from here: in-flight rollouts are not saved
+            one_step_off = exp.rollout.max_staleness >= 1 and step + 1 < exp.schedule.steps
+            if one_step_off:  # the next batch is generated with the current weights while this one trains
+                pending = asyncio.ensure_future(collect(step + 1, step))
+            t0 = time.perf_counter()
+            state, update_metrics = await asyncio.to_thread(trainer.update, state, batch)
+            update_metrics = jax.device_get(update_metrics)
+            train_s = time.perf_counter() - t0
+            step += 1
+            if one_step_off:
+                await asyncio.shield(pending)  # slime's order: finish the generation, then push weights
+            # Weights back to the servers; old exports go only after every server confirmed the new one.
+            t0 = time.perf_counter()
+            current = trainer.export(state, exports, step)
+            await client.sync_weights(current, step)
+            _prune_exports(exports, keep=current)
+            sync_s = time.perf_counter() - t0
+            if not one_step_off and step < exp.schedule.steps:
+                pending = asyncio.ensure_future(collect(step, step))
+
+            row = {**rollout_stats, **collected.stats, **{f"loss/{k}": v for k, v in update_metrics.items()
+                                                            if k not in ("grad_norm", "lr")},
+                   "optim/grad_norm": update_metrics.get("grad_norm"), "optim/lr": update_metrics.get("lr"),
+                   "time/train": train_s, "time/sync": sync_s, "weight_version": step,
+                   "perf/tokens_per_s": rollout_stats["perf/tokens"] / max(train_s, 1e-9)}
+            if held_out.prompts and (step % exp.schedule.eval_every == 0 or step == exp.schedule.steps):
+                row.update(await held_out_eval(step))
+                if best.get("pass@1") is None or row["eval/pass@1"] > best["pass@1"]:
+                    best = {"step": step, "pass@1": row["eval/pass@1"]}
+                    _keep_best(run_dir, current, best)
+            if step % exp.schedule.checkpoint_every == 0 or step == exp.schedule.steps:
+                ckpt.save(step, state, {"data": position, "weight_version": step, "best": best})
+            row["time/step"] = time.perf_counter() - t_step
+            row = logger.log(step, row)
+            bar.update(1)
+            bar.write(metrics.headline(row))
+        bar.close()
+        ckpt.wait()
+    logger.close()
+    return _summary(logger.history, run_dir, best)
+
+
+def _batch(exp: Experiment, trainer: Trainer, collected: groups.Collected, step: int):
+    """Advantages per group, overlong handling by the objective, and the packed arrays of one update.
+
+    Groups missing after the refill cap are empty rows (no tokens), so the update keeps its shape."""
+    rollouts = [r for g in collected.groups for r in g]
+    n = exp.rollout.group_size
+    samples = []
+    if rollouts:
+        rewards = np.array([r.reward for r in rollouts], np.float32)
+        a = exp.advantages
+        adv = np.asarray(compute_advantages(rewards, n, normalize_std=a.normalize_std, ddof=a.ddof, eps=a.eps))
+        for r, adv_i in zip(rollouts, adv):
+            samples.append(packing.Sample(r.sample.prompt_ids, r.sample.output_ids, r.sample.logprobs,
+                                          float(adv_i), r.truncated))
+    missing = exp.batch.prompts_per_step * n - len(samples)
+    samples += [packing.Sample([0], [], [], 0.0, False)] * missing
+    versions = [r.version for r in rollouts] or [step]
+    stats = {**groups.summarize(collected.groups), "staleness/mean": step - float(np.mean(versions)),
+             "staleness/max": step - min(versions), "perf/tokens": sum(len(s.prompt) + len(s.response) for s in samples)}
+    return trainer.pack(samples), stats
+
+
+def _initial_params(exp: Experiment, cfg, mesh):
+    """The starting policy: schedule.init_from (an HF folder or a run's checkpoint), else model.path."""
+    source = exp.schedule.init_from or exp.model.path
+    if Checkpointer.is_checkpoint(source):
+        return Checkpointer.load_params(source, cfg, mesh)
+    _, params = models.load_hf(source, mesh=mesh, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    return params
+
+
+def _eos_ids(cfg) -> list[int]:
+    value = json.loads(dict(cfg.hf_extra).get("eos_token_id", "null"))
+    return value if isinstance(value, list) else [value]
+
+
+def _prune_exports(exports: Path, keep: Path) -> None:
+    for old in exports.glob("step_*"):
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _keep_best(run_dir: Path, export: Path, best: dict) -> None:
+    """The best export by held-out pass@1, an HF folder the next context stage can start from."""
+    tmp = run_dir / ".best_model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(export, tmp)
+    (tmp / "best.json").write_text(json.dumps(best))
+    shutil.rmtree(run_dir / "best_model", ignore_errors=True)
+    tmp.rename(run_dir / "best_model")
+
+
+def _dropped(report: dict) -> str:
+    counts = dict(report.get("filter", {}).get("dropped", {}))
+    counts["prompt_too_long"] = report.get("prompt_too_long", 0)
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+
+
+def _summary(history: list[dict], run_dir: Path, best: dict) -> dict:
+    evals = [(r["step"], r["eval/pass@1"]) for r in history if r.get("eval/pass@1") is not None]
+    return {"run_dir": str(run_dir), "evals": evals, "best": best,
+            "before": evals[0][1] if evals else None, "after": evals[-1][1] if evals else None}
+
+
+class _Console:
+    """Stage lines on the console, also kept in run_dir/log.txt."""
+
+    def __init__(self, run_dir: Path):
+        self.start, self.file = time.perf_counter(), run_dir / "log.txt"
+
+    def __call__(self, text: str) -> None:
+        line = f"[{time.perf_counter() - self.start:6.1f}s] {text}"
+        tqdm.write(line)
+        with self.file.open("a") as f:
+            f.write(line + "\n")

@@ -1,0 +1,82 @@
+"""Every malformed request to the embedded server gets HTTP 400 naming the field, never 422 or 500,
+and the server keeps serving; the API key is enforced."""
+import pytest
+
+MSG = [{"role": "user", "content": "x"}]
+BAD = [
+    ("/generate", {}, "input_ids"),
+    ("/generate", {"input_ids": [1], "text": "a"}, "input_ids"),
+    ("/generate", {"input_ids": "abc"}, "input_ids"),
+    ("/generate", {"input_ids": []}, "input_ids"),
+    ("/generate", {"input_ids": [1, 10**6]}, "input_ids"),
+    ("/generate", {"input_ids": [1, -1]}, "input_ids"),
+    ("/generate", {"input_ids": [[1], "x"]}, "input_ids"),
+    ("/generate", {"input_ids": [1.5]}, "input_ids"),
+    ("/generate", {"input_ids": [1] * 5000}, "input_ids"),  # longer than the context
+    ("/generate", {"text": ""}, "text"),
+    ("/generate", {"input_ids": [1] * 10, "sampling_params": {"max_new_tokens": 4090}}, "max_new_tokens"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"max_new_tokens": -1}}, "max_new_tokens"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"max_new_tokens": "5"}}, "max_new_tokens"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"temperature": -0.5}}, "temperature"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"top_p": 0}}, "top_p"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"top_k": 0}}, "top_k"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"min_p": 2}}, "min_p"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"n": 0}}, "n"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"stop": 5}}, "stop"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"stop_token_ids": [99999]}}, "stop_token_ids"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"ignore_eos": "no"}}, "ignore_eos"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"sampling_seed": "x"}}, "sampling_seed"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"bogus": 1}}, "bogus"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"frequency_penalty": 0.5}}, "frequency_penalty"),
+    ("/generate", {"input_ids": [1], "sampling_params": [{}]}, "sampling_params"),
+    ("/generate", {"input_ids": [[1], [2]], "sampling_params": [{}]}, "sampling_params"),
+    ("/generate", {"input_ids": [1], "bogus_field": 1}, "bogus_field"),
+    ("/generate", {"input_ids": [1], "image_data": "x.png"}, "image_data"),
+    ("/generate", {"input_ids": [1], "return_logprob": "yes"}, "return_logprob"),
+    ("/generate", {"input_ids": [1], "top_logprobs_num": 1000}, "top_logprobs_num"),
+    ("/generate", {"input_ids": [1, 2], "logprob_start_len": 5}, "logprob_start_len"),
+    ("/generate", {"input_ids": [1], "rid": 5}, "rid"),
+    ("/generate", {"input_ids": [1], "stream": 1}, "stream"),
+    ("/generate", [1, 2], "body"),
+    ("/abort_request", {}, "rid"),
+    ("/abort_request", {"rid": 5}, "rid"),
+    ("/pause_generation", {"mode": "sideways"}, "mode"),
+    ("/update_weights_from_disk", {}, "model_path"),
+    ("/update_weights_from_disk", {"model_path": "/x", "weight_version": [1]}, "weight_version"),
+    ("/v1/completions", {"model": "tiny"}, "prompt"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": -1}, "max_tokens"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "logprobs": 50}, "logprobs"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "best_of": 3}, "best_of"),
+    ("/v1/completions", {"model": "tiny", "prompt": [1, 99999]}, "prompt"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "bogus": 1}, "bogus"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": []}, "messages"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"content": "x"}]}, "messages[0]"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "temperature": "hot"}, "temperature"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "logprobs": True, "top_logprobs": 99},
+     "top_logprobs"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "presence_penalty": 1.0}, "presence_penalty"),
+]
+
+
+@pytest.mark.parametrize("path,body,field", BAD, ids=[f"{p}:{f}:{i}" for i, (p, _, f) in enumerate(BAD)])
+def test_bad_request_is_400_naming_the_field(served, path, body, field):
+    r = served.post(path, body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert field in error["message"] and field in (error["param"] or "")
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/completions", "/v1/chat/completions", "/pause_generation",
+                                  "/update_weights_from_disk", "/abort_request"])
+@pytest.mark.parametrize("raw", [b"{bad json", b"\xff\xfe", b"[1, 2"])
+def test_malformed_json_is_400(served, path, raw):
+    r = served.http.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "body" in r.json()["error"]["message"]
+
+
+def test_server_survives_bad_input_and_checks_the_key(served):
+    assert served.http.get("/generate").status_code == 405
+    assert served.http.get("/health_generate").status_code == 200
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        r = served.http.post("/generate", json={"input_ids": [1]}, headers=headers)
+        assert r.status_code == 401
