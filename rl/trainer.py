@@ -97,6 +97,7 @@ class _Static:
     mesh: Mesh
     chunk_size: int
     compute_entropy: bool
+    compiler_options: tuple  # sorted (XLA option, value) pairs
 
     @functools.cached_property
     def shardings(self):
@@ -123,7 +124,8 @@ def _jitted_update(static: _Static):
     reference_sh = state_sh.params if static.objective.kl_coef > 0 else None
     replicated = NamedSharding(static.mesh, P())
     return jax.jit(functools.partial(_update_fn, static), in_shardings=(state_sh, batch_sh, reference_sh),
-                   out_shardings=(state_sh, replicated), donate_argnums=0)
+                   out_shardings=(state_sh, replicated), donate_argnums=0,
+                   compiler_options=dict(static.compiler_options) or None)
 
 
 def _logprobs(static: _Static, params, tokens_RL, segment_ids_RL, index_NT, entropy: bool):
@@ -133,16 +135,18 @@ def _logprobs(static: _Static, params, tokens_RL, segment_ids_RL, index_NT, entr
     return jax.tree.map(lambda x: _gather(x, index_NT), out)
 
 
-def _micro_loss(static: _Static, params, mb, old_logp_NT, reference, normalizers):
+def _micro_loss(static: _Static, params, mb, old, reference, normalizers):
+    """Loss and metrics of one micro-batch. old: (old logprobs, entropies or None) from the pre-update
+    pass, or None when the current policy is the sampling one."""
     obj = static.objective
-    entropy_NT = None
-    if old_logp_NT is None and static.compute_entropy:
-        logp_NT, entropy_NT = _logprobs(static, params, mb.tokens, mb.segment_ids, mb.index, True)
-        entropy_NT = jax.lax.stop_gradient(entropy_NT)
+    if old is None:
+        out = _logprobs(static, params, mb.tokens, mb.segment_ids, mb.index, static.compute_entropy)
+        logp_NT, entropy_NT = out if static.compute_entropy else (out, None)
+        # One optimizer step per batch: the sampling policy is the current one.
+        old_logp_NT, entropy_NT = jax.lax.stop_gradient((logp_NT, entropy_NT))
     else:
         logp_NT = _logprobs(static, params, mb.tokens, mb.segment_ids, mb.index, False)
-    if old_logp_NT is None:  # one optimizer step per batch: the sampling policy is the current one
-        old_logp_NT = jax.lax.stop_gradient(logp_NT)
+        old_logp_NT, entropy_NT = old
     ref_logp_NT = None
     if reference is not None:
         ref_logp_NT = jax.lax.stop_gradient(_logprobs(static, reference, mb.tokens, mb.segment_ids, mb.index, False))
@@ -166,16 +170,16 @@ def _update_fn(static: _Static, state: TrainState, batch: packing.Batch, referen
     mini, micro = batch.tokens.shape[:2]
     optimizer = make_optimizer(static.optimizer)
     param_sh = static.shardings[0].params
-    if mini > 1:  # old logprobs from the pre-update params, for every mini-batch, before any step
+    old = None
+    if mini > 1:  # old logprobs (and entropies) from the pre-update params, for every mini-batch, first
         flat = jax.tree.map(lambda x: x.reshape((mini * micro,) + x.shape[2:]), batch)
 
         def old_step(_, mb):
-            return None, _logprobs(static, state.params, mb.tokens, mb.segment_ids, mb.index, False)
+            out = _logprobs(static, state.params, mb.tokens, mb.segment_ids, mb.index, static.compute_entropy)
+            return None, out if static.compute_entropy else (out, None)
 
-        _, old_logp = jax.lax.scan(old_step, None, flat)
-        old_logp = jax.lax.stop_gradient(old_logp.reshape(batch.index.shape))
-    else:
-        old_logp = None
+        _, old = jax.lax.scan(old_step, None, flat)
+        old = jax.lax.stop_gradient(jax.tree.map(lambda x: x.reshape(batch.index.shape), old))
 
     def mini_step(carry, xs):
         params, opt_state = carry
@@ -198,7 +202,7 @@ def _update_fn(static: _Static, state: TrainState, batch: packing.Batch, referen
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=opt_state[1].hyperparams["learning_rate"])
         return (params, opt_state), metrics
 
-    (params, opt_state), metrics = jax.lax.scan(mini_step, (state.params, state.opt_state), (batch, old_logp))
+    (params, opt_state), metrics = jax.lax.scan(mini_step, (state.params, state.opt_state), (batch, old))
     return state.replace(params=params, opt_state=opt_state, step=state.step + 1), _combine_metrics(metrics)
 
 
@@ -213,9 +217,14 @@ class Trainer:
     """
 
     def __init__(self, exp, cfg: models.ModelConfig, mesh: Mesh, *, chunk_size: int = DEFAULT_CHUNK,
-                 compute_entropy: bool = True):
+                 compute_entropy: bool = True, compiler_options: dict | None = None):
+        """cfg: the model config with the experiment's runtime choices (`model_config(exp)`); chunk_size:
+        rows per logits chunk (models.logprobs); compute_entropy: report the policy's mean entropy (a
+        little extra work in the logprob pass); compiler_options: XLA options for the update's compile
+        (e.g. GPU scheduler flags; the tests lower xla_backend_optimization_level to compile faster)."""
         self.exp, self.cfg, self.mesh = exp, cfg, mesh
-        self._static = _Static(exp.objective, exp.optimizer, cfg, mesh, chunk_size, compute_entropy)
+        self._static = _Static(exp.objective, exp.optimizer, cfg, mesh, chunk_size, compute_entropy,
+                               tuple(sorted((compiler_options or {}).items())))
         self.optimizer = make_optimizer(exp.optimizer)
         self.state_shardings, self._abstract, self.batch_shardings = self._static.shardings
         self.param_shardings = self.state_shardings.params
@@ -232,9 +241,10 @@ class Trainer:
 
     def init_state(self, params, seed: int | None = None) -> TrainState:
         """A fresh state around params (any placement; they are resharded). With kl_coef > 0 these
-        params also become the frozen reference model unless `set_reference` was called."""
+        params also become the frozen reference model unless `set_reference` was called. The state
+        holds its own copy: updates donate it, never the caller's arrays."""
         params = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, self.cfg.param_dtype), params),
-                                self.param_shardings)
+                                self.param_shardings, may_alias=False)
         if self.uses_reference and self.reference is None:
             self.set_reference(params)
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(params)

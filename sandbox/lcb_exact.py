@@ -119,10 +119,13 @@ class _Stdin:
 def _call_with_mocks(method, text: str):
     from unittest.mock import mock_open, patch
     lines = iter(text.split("\n"))
-    with patch("builtins.open", mock_open(read_data=text)), patch("sys.stdin", _Stdin(text)), \
-            patch("sys.stdin.readline", lambda *a: next(lines)), \
+    # lcb_runner stacks these as decorators, which mock enters bottom-up: read, readlines and
+    # readline are patched on the *real* sys.stdin (which `from sys import stdin` bound), and
+    # only then is sys.stdin replaced by the mock.
+    with patch("sys.stdin.read", lambda *a: text), \
             patch("sys.stdin.readlines", lambda *a: text.split("\n")), \
-            patch("sys.stdin.read", lambda *a: text):
+            patch("sys.stdin.readline", lambda *a: next(lines)), \
+            patch("sys.stdin", _Stdin(text)), patch("builtins.open", mock_open(read_data=text)):
         try:
             return method()
         except SystemExit:

@@ -151,6 +151,7 @@ class Zygote:
         self.fn_name = None
         self.solution_class = False
         self.counter = 0
+        self.next = None  # during a run: the grader's next message, once read (op_run)
         self.pid = os.getpid()
         # Set by a server while it compiles, so that its death then is the solution's verdict.
         self.compiling = mmap.mmap(-1, 1)  # shared with the forks
@@ -266,7 +267,7 @@ class Zygote:
     def op_run_all(self, count: int, time_limit: float, **limits) -> bool:
         """LiveCodeBench-exact mode: one child runs every test (lcb_exact.run_all), with the
         inputs as one JSON list, under lcb_runner's overall timeout; one result."""
-        inputs = self._read_message()
+        inputs, self.next = self._read_message(), None
         if isinstance(inputs, bytearray):
             result = self._run_one(inputs, time_limit, exact=True,
                                    deadline=(time_limit + 1) * count + 5, **limits)

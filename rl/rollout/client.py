@@ -79,14 +79,15 @@ class RolloutClient:
     max_concurrency: the most /generate requests in flight at once, over all servers.
     timeout: seconds one /generate request may take before it is aborted and retried.
     retries: failed attempts (connection errors, 5xx, timeouts) allowed per sample before RolloutError;
-        backoff doubles from `backoff` up to `max_backoff` seconds between them.
+        backoff doubles from `backoff` up to `max_backoff` seconds between them (with jitter), so the
+        defaults ride out a server restart of about 1-2.5 minutes.
     max_aborts: resubmissions allowed per sample after server-side aborts (pause_generation) before
         RolloutError, so that a server aborting everything cannot loop forever.
     """
 
     def __init__(self, urls: str | Sequence[str], *, sync_urls: str | Sequence[str] | None = None,
                  max_concurrency: int = 256, timeout: float = 1800.0, connect_timeout: float = 10.0,
-                 retries: int = 8, backoff: float = 0.5, max_backoff: float = 15.0, max_aborts: int = 16,
+                 retries: int = 10, backoff: float = 0.5, max_backoff: float = 30.0, max_aborts: int = 16,
                  api_key: str | None = None):
         if max_concurrency < 1 or timeout <= 0 or retries < 0 or backoff <= 0 or max_aborts < 0:
             raise ValueError("RolloutClient: max_concurrency >= 1, timeout > 0, retries >= 0, backoff > 0 and "

@@ -38,7 +38,8 @@ from models.transformer import unembedding
 log = logging.getLogger(__name__)
 TOP_LOGPROBS_MAX = 20  # top_logprobs_num above this is refused (OpenAI's own cap)
 PREFILL_ROWS = 8  # requests prefilled by one call
-MIN_CACHE = 64
+MIN_CACHE = 64  # slots per row
+MIN_WIDTH = 4  # rows of the smallest compiled step
 
 
 @dataclasses.dataclass(eq=False)
@@ -251,32 +252,52 @@ class Engine:
         self._waiting = left
         return admitted
 
-    def _ensure_cache(self, longest: int) -> None:
-        """Hold at least `longest` tokens per row plus the scratch slot; halve when rows got short."""
-        need = max(MIN_CACHE, bucket(longest + 1, MIN_CACHE))
-        have = self._caches[0]["k"].shape[2] if self._caches else 0
+    def _fit(self, longest: int) -> int:
+        """Size the caches to the running rows before a prefill or step, and return the batch width W.
+
+        W is a power of two (at least MIN_WIDTH, at most `slots`) covering the running rows, so a step
+        costs what the rows running now need, not what the busiest moment needed. When the rows fit in
+        half the width (or a new row lies beyond it) they are moved to slots 0..n-1 and the caches are
+        rebuilt at the new width; S, the slots per row, follows the longest row the same way.
+        """
+        active = [b for b in range(self.slots) if self._rows[b] is not None]
+        W_have, S_have = (self._caches[0]["k"].shape[1:3]) if self._caches else (0, 0)
+        S = max(MIN_CACHE, bucket(longest + 1, MIN_CACHE))
+        if S_have and S <= S_have < 4 * S:
+            S = S_have  # hysteresis: shrink only when rows got 4x shorter
+        W = min(self.slots, bucket(len(active), MIN_WIDTH))
+        if self._caches is not None and max(active, default=0) < W_have and 2 * W > W_have:
+            W = W_have
+        if (W, S) == (W_have, S_have):
+            return W
         if self._caches is None:
-            self._caches = init_layer_caches(self.cfg, self.slots, need)
-        elif need > have:
-            self._caches = _resize(self._caches, need)
-        elif need * 4 <= have:
-            self._caches = _resize(self._caches, need * 2)
+            self._caches = init_layer_caches(self.cfg, W, S)
+        index = np.full(W, W_have, np.int32)  # out of range: a zero row
+        index[:len(active)] = active
+        self._caches = _relayout(self._caches, index, S)
+        self._rows = [self._rows[b] for b in active] + [None] * (self.slots - len(active))
+        for name, x in self._arrays.items():
+            moved = x[active]
+            x[:] = 0
+            x[:len(active)] = moved
+        return W
 
     def _prefill(self, admitted: list[tuple[int | None, Request]]) -> None:
         longest = max(len(r.prompt) + len(r.output_ids) for _, r in admitted)
         running = [len(r.prompt) + len(r.output_ids) for r in self._rows if r is not None]
-        self._ensure_cache(max([longest] + running))
+        W = self._fit(max([longest] + running))
+        slot_of = {id(r): b for b, r in enumerate(self._rows) if r is not None}  # _fit may have moved rows
         for start in range(0, len(admitted), PREFILL_ROWS):
-            chunk = admitted[start:start + PREFILL_ROWS]
+            chunk = [(slot_of.get(id(r)), r) for _, r in admitted[start:start + PREFILL_ROWS]]
             seqs = [r.prompt + r.output_ids for _, r in chunk]  # retracted requests resume from their tokens
             k, P = bucket(len(chunk), 1), bucket(max(map(len, seqs)))
             P = min(P, self._caches[0]["k"].shape[2] - 1)
             tokens = np.zeros((k, P), np.int32)
             length = np.ones(k, np.int32)
-            slot = np.full(k, self.slots, np.int32)  # rows without a slot write out of range: dropped
+            slot = np.full(k, W, np.int32)  # rows without a slot write out of range: dropped
             for i, ((b, r), seq) in enumerate(zip(chunk, seqs)):
                 tokens[i, :len(seq)], length[i] = seq, len(seq)
-                slot[i] = self.slots if b is None else b
+                slot[i] = W if b is None else b
             a = _row_arrays([r for _, r in chunk], k)
             sample, filtering, top_n = self._modes(a, [r for _, r in chunk])
             self._caches, *out = _prefill(self._weights, self._caches, tokens, length, slot, a["seed"], a["index"],
@@ -289,12 +310,12 @@ class Engine:
             self._record(chunk, *jax.device_get(out))
 
     def _step(self) -> None:
-        rows = [(b, r) for b, r in enumerate(self._rows) if r is not None]
-        if not rows:  # every admitted request finished at its prefill
+        if not any(r is not None for r in self._rows):  # every admitted request finished at its prefill
             return
+        W = self._fit(int(max(self._arrays["pos"][b] for b, r in enumerate(self._rows) if r is not None)) + 1)
+        rows = [(b, r) for b, r in enumerate(self._rows) if r is not None]
         ids = [b for b, _ in rows]
-        self._ensure_cache(int(self._arrays["pos"][ids].max()) + 1)
-        a = self._arrays
+        a = {name: x[:W] for name, x in self._arrays.items()}
         sample, filtering, top_n = self._modes({name: x[ids] for name, x in a.items()}, [r for _, r in rows])
         self._caches, *out = _step(self._weights, self._caches, a["token"], a["pos"], a["seed"], a["index"], a["step"],
                                    a["temperature"], a["top_p"], a["top_k"], a["min_p"], cfg=self.cfg, sample=sample,
@@ -381,12 +402,14 @@ def _notify(r: Request) -> None:
 _unstack = jax.jit(unstack_layers)
 
 
-@functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
-def _resize(caches, length: int):
-    S = caches[0]["k"].shape[2]
-    if length >= S:
-        return jax.tree.map(lambda c: jnp.pad(c, ((0, 0), (0, 0), (0, length - S), (0, 0), (0, 0))), caches)
-    return jax.tree.map(lambda c: c[:, :, :length], caches)
+@functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
+def _relayout(caches, index_W, length: int):
+    """Caches with row i taken from old row index_W[i] (zeros where out of range), `length` slots long."""
+    def one(c):
+        c = jnp.take(c, index_W, axis=1, mode="fill", fill_value=0)
+        S = c.shape[2]
+        return jnp.pad(c, ((0, 0), (0, 0), (0, length - S), (0, 0), (0, 0))) if length >= S else c[:, :, :length]
+    return jax.tree.map(one, caches)
 
 
 def _keys(seed_B, index_B, step_B):

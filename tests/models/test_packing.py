@@ -1,5 +1,7 @@
 """Sequence packing in the model: several sequences in one row, kept apart by segment ids, give each
 sequence exactly the logprobs (and gradients) it gets alone, in both attention paths."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,15 +10,21 @@ import pytest
 import models
 from models.attention import blockwise_attention, reference_attention
 from models.transformer import segment_positions
+from models.weights import full_shape, map_weights
 
 CFG = models.ModelConfig(arch="qwen3", vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2,
                          num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=True)
 LENGTHS = (5, 9, 3, 11)  # packed into one row of 32 (28 tokens + 4 padding)
+# Half of each compile is LLVM optimising tiny kernels; these checks do not need it.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 @pytest.fixture(scope="module")
 def params():
-    return models.init_params(CFG, jax.random.key(0), std=0.2)
+    # numpy: models.init_params runs eagerly, one small compile per weight.
+    rng = np.random.default_rng(0)
+    return map_weights(CFG, lambda w: float(w.init == "ones")
+                       + 0.2 * rng.standard_normal(full_shape(w, CFG)).astype(np.float32))
 
 
 def _packed_row(seqs, row_len):
@@ -50,15 +58,18 @@ def test_packed_logprobs_and_grads_equal_unpacked(params, attention):
         padded[k, :len(s)] = s
     padded_valid = np.arange(max(LENGTHS) - 1)[None] < np.array(LENGTHS)[:, None] - 1
 
-    def packed(p):
-        return models.token_logprobs(p, cfg, tokens, segment_ids=segments)
+    def loss_and_logp(p, tokens, valid, **kw):
+        logp = models.token_logprobs(p, cfg, tokens, **kw)
+        return jnp.where(valid, logp, 0.0).sum(), logp
 
-    def unpacked(p):
-        return models.token_logprobs(p, cfg, padded)
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def both(p):  # one compile for both layouts, values and gradients
+        grad = jax.grad(loss_and_logp, has_aux=True)
+        return (grad(p, tokens, packed_valid, segment_ids=segments),
+                grad(p, padded, padded_valid))
 
-    np.testing.assert_allclose(packed(params)[packed_valid], unpacked(params)[padded_valid], rtol=1e-5, atol=1e-5)
-    g_packed = jax.grad(lambda p: jnp.where(packed_valid, packed(p), 0.0).sum())(params)
-    g_unpacked = jax.grad(lambda p: jnp.where(padded_valid, unpacked(p), 0.0).sum())(params)
+    (g_packed, logp_packed), (g_unpacked, logp_unpacked) = both(params)
+    np.testing.assert_allclose(logp_packed[packed_valid], logp_unpacked[padded_valid], rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(g_packed), jax.tree.leaves(g_unpacked)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -68,9 +79,14 @@ def test_attention_paths_agree_with_segments():
     q, k, v = (jnp.asarray(rng.standard_normal((2, 13, n, 8)), jnp.float32) for n in (4, 2, 2))
     seg = jnp.asarray([[1] * 4 + [2] * 6 + [3] * 2 + [0], [1] * 13])
     valid = seg > 0
-    ref = reference_attention(q, k, v, 0, valid, q_segment_BT=seg, kv_segment_BS=seg)
-    blk = blockwise_attention(q, k, v, 0, valid, 4, q_segment_BT=seg, kv_segment_BS=seg)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def paths(q, k, v):
+        return (reference_attention(q, k, v, 0, valid, q_segment_BT=seg, kv_segment_BS=seg),
+                blockwise_attention(q, k, v, 0, valid, 4, q_segment_BT=seg, kv_segment_BS=seg),
+                reference_attention(q, k, v, 0, valid))
+
+    ref, blk, plain = paths(q, k, v)
     np.testing.assert_allclose(blk[:, :12], ref[:, :12], rtol=1e-5, atol=1e-6)
     # The segment mask is real: without it the second segment sees the first.
-    plain = reference_attention(q, k, v, 0, valid)
     assert not np.allclose(plain[0, 4:10], ref[0, 4:10], atol=1e-3)

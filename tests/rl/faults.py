@@ -32,12 +32,14 @@ class Seen:
     path: str
     rid: str | None
     fault: str | None
+    authorization: str | None
 
 
 class FaultProxy:
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")
         self.seen: list[Seen] = []
+        self.inflight = self.max_inflight = 0  # requests being answered now / at most at once
         self._faults: deque[tuple[str, str, float]] = deque()
         self._lock = threading.Lock()
         self._http: httpx.AsyncClient | None = None
@@ -92,7 +94,16 @@ class FaultProxy:
             more = message.get("more_body", False)
         path = scope["path"]
         fault, seconds = self._take(path)
-        self.seen.append(Seen(path, _rid(body), fault))
+        self.seen.append(Seen(path, _rid(body), fault, dict(scope["headers"]).get(b"authorization", b"").decode()))
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            await self._forward(scope, body, send, fault, seconds)
+        finally:
+            self.inflight -= 1
+
+    async def _forward(self, scope, body: bytes, send, fault: str | None, seconds: float) -> None:
+        path = scope["path"]
         if fault == "500":
             return await _answer(send, 500, b'{"error": "injected fault"}', [(b"content-type", b"application/json")])
         if self._http is None:

@@ -8,8 +8,9 @@ import pytest
 
 import models
 from rl.checkpoint import Checkpointer, load_params
-from rl.trainer import EXPORT_MARKER, Trainer
+from rl.trainer import EXPORT_MARKER
 from trainer_setup import CFG, assert_trees_close, experiment, initial_params, mesh_2x2x2, samples, single_device_mesh
+from trainer_setup import trainer as make_trainer
 
 EXTRA = {"data": {"epoch": 1, "offset": 48, "seed": 7}, "weight_version": 1}
 
@@ -24,7 +25,7 @@ def _continue(trainer, state, batch, n=2):
 def saved_run(tmp_path_factory):
     """One update, a checkpoint (async) at step 1, then two more updates without interruption."""
     directory = tmp_path_factory.mktemp("run") / "checkpoints"
-    trainer = Trainer(experiment(), CFG, single_device_mesh())
+    trainer = make_trainer(experiment(), single_device_mesh())
     batch = trainer.pack(samples())
     state, _ = trainer.update(trainer.init_state(initial_params()), batch)
     saved = jax.device_get(state)
@@ -47,7 +48,7 @@ def test_restore_and_continue_is_bit_identical(saved_run):
 
 
 def test_restore_onto_another_mesh(saved_run):
-    trainer = Trainer(experiment(), CFG, mesh_2x2x2())
+    trainer = make_trainer(experiment(micro_batches=2), mesh_2x2x2())  # the compile test_trainer made
     ckpt = Checkpointer(saved_run["directory"])
     state, _ = ckpt.restore(trainer.abstract_state())
     ckpt.close()
@@ -56,7 +57,7 @@ def test_restore_onto_another_mesh(saved_run):
     for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(saved_run["saved"])):
         np.testing.assert_array_equal(a, b)  # resharding moves values, never changes them
     resumed = _continue(trainer, state, trainer.pack(samples()))
-    assert_trees_close(resumed.params, saved_run["after"].params, rtol=1e-4, atol=5e-5)
+    assert_trees_close(resumed.params, saved_run["after"].params, rtol=1e-4, atol=5e-4)  # see test_trainer
 
 
 def test_unreadable_and_unfinished_checkpoints_are_skipped(saved_run, tmp_path):
@@ -99,7 +100,7 @@ def test_init_from_loads_params_from_checkpoint_or_hf_folder(saved_run, tmp_path
 
 
 def test_export_is_versioned_and_complete(saved_run, tmp_path):
-    trainer = Trainer(experiment(), CFG.replace(dtype="bfloat16"), single_device_mesh())
+    trainer = make_trainer(experiment(), single_device_mesh(), CFG.replace(dtype="bfloat16"))
     state = trainer.init_state(saved_run["saved"].params)
     folder = trainer.export(state, tmp_path / "export", version=10)
     assert folder == tmp_path / "export" / "step_000010" and (folder / EXPORT_MARKER).is_file()

@@ -97,6 +97,14 @@ def test_max_context_past_the_native_length_loads_the_model_with_yarn(tiny_model
     assert yarn_view(tiny_model_dir, 4096, tmp_path / "same") == (tiny_model_dir, None)
 
 
+def evaluate_folder(served, tokenizer_dir, problems_file, out, *, seed, n=2):
+    """A real evaluation of the served tiny model, written to `out` through the CLI."""
+    assert main(["--server", served.url, "--api-key", API_KEY, "--tokenizer", str(tokenizer_dir), "--problems",
+                 str(problems_file), "--n", str(n), "--k", "1,2", "--max-new-tokens", "8", "--workers", "1",
+                 "--seed", str(seed), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
 async def _evaluate(url, tokenizer, prompts, out, *, n, counter=None, seed=0):
     from sandbox import SandboxPool
 

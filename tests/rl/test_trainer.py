@@ -7,9 +7,8 @@ from jax.sharding import PartitionSpec as P
 
 from rl import packing
 from rl.experiment import ObjectiveSection
-from rl.trainer import Trainer
-from trainer_setup import (CFG, assert_trees_close, experiment, initial_params, mesh_2x2x2, samples,
-                           single_device_mesh)
+from trainer_setup import assert_trees_close, experiment, initial_params, mesh_2x2x2, samples, single_device_mesh
+from trainer_setup import trainer as make_trainer
 
 OBJECTIVES = {
     "dapo": ObjectiveSection(name="dapo", tis_cap=2.0),
@@ -27,7 +26,7 @@ def run_update(objective: str, mesh_name: str = "single", **batch):
     key = (objective, mesh_name, tuple(sorted(batch.items())))
     if key not in _RESULTS:
         mesh = mesh_2x2x2() if mesh_name == "2x2x2" else single_device_mesh()
-        trainer = Trainer(experiment(OBJECTIVES[objective], **batch), CFG, mesh)
+        trainer = make_trainer(experiment(OBJECTIVES[objective], **batch), mesh)
         state = trainer.init_state(initial_params())
         data = trainer.pack(samples())
         state, first = trainer.update(state, data)
@@ -43,14 +42,17 @@ def assert_same_update(a, b, rtol=2e-5):
         assert ma.keys() == mb.keys()
         for k in ma:
             np.testing.assert_allclose(ma[k], mb[k], rtol=rtol, atol=1e-6, err_msg=k)
-    # Adam divides by sqrt(v), so near-zero gradients amplify float noise: params are held to 0.5% of
-    # one step (lr 1e-2); a wrong normaliser shows in loss and grad_norm above.
-    assert_trees_close(params_a, params_b, rtol=1e-4, atol=5e-5)
+    # Adam's update g / (sqrt(v) + 1e-8) turns float noise in a near-zero gradient into up to a few %
+    # of a step (lr 1e-2), so params are held to 5% of one step; a wrong normaliser or a wrong
+    # gradient shows in loss and grad_norm above, or as whole steps here.
+    assert_trees_close(params_a, params_b, rtol=1e-4, atol=5e-4)
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 def test_sharded_update_equals_single_device(objective):
-    single, sharded = run_update(objective), run_update(objective, "2x2x2")
+    # The 8-device run also accumulates 2 micro-batches (one compile fewer per objective than testing
+    # them apart); test_micro_batches_equal_one_batch checks accumulation alone.
+    single, sharded = run_update(objective), run_update(objective, "2x2x2", micro_batches=2)
     assert_same_update(single, sharded)
     state = sharded[3]
     gate = state.params["layers"]["gate"]
@@ -71,9 +73,9 @@ def test_sharded_update_equals_single_device(objective):
 
 
 @pytest.mark.parametrize("objective", ["dapo", "grpo"])  # token mean and sequence mean
-@pytest.mark.parametrize("micro_batches", [2, 4])
-def test_micro_batches_equal_one_batch(objective, micro_batches):
-    assert_same_update(run_update(objective), run_update(objective, micro_batches=micro_batches))
+def test_micro_batches_equal_one_batch(objective):
+    # 2 micro-batches: the sharded test above, for every objective.
+    assert_same_update(run_update(objective), run_update(objective, micro_batches=4))
 
 
 def test_packed_update_equals_unpacked():
@@ -97,6 +99,8 @@ def test_mini_batches_recompute_old_logprobs():
     assert first["lr"] == pytest.approx(1e-2)  # two optimizer steps: warmup done within the update
     single_step = run_update("dapo")[1]
     assert first["tokens"] == single_step["tokens"]
+    # Entropies then come from the pre-update pass: the same policy as the one-step update measured.
+    assert first["entropy"] == pytest.approx(single_step["entropy"], rel=1e-5)
 
 
 def test_pack_rejects_bad_samples():

@@ -8,10 +8,11 @@ import numpy as np
 import models
 from models.weights import full_shape, map_weights
 from rl import packing
+from rl.trainer import Trainer
 from rl.experiment import BatchSection, Experiment, ObjectiveSection, OptimizerSection
 
 CFG = models.ModelConfig(arch="qwen3", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                         num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=False)
+                         num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=False, remat="none")
 # lr large enough that one step moves every weight visibly; warmup so lr changes from step to step.
 EXP = Experiment(objective=ObjectiveSection(name="dapo", tis_cap=2.0),
                  batch=BatchSection(pack=False),
@@ -23,6 +24,14 @@ def experiment(objective=None, **batch):
     if objective is not None:
         exp = exp.replace(objective=objective)
     return exp.replace(batch=dataclasses.replace(exp.batch, **batch))
+
+
+# Half the compile time of the update is LLVM optimising tiny kernels; the tests do not need it.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def trainer(exp, mesh, cfg=CFG):
+    return Trainer(exp, cfg, mesh, compiler_options=FAST_COMPILE)
 
 
 def single_device_mesh():

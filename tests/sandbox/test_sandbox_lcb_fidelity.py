@@ -76,6 +76,17 @@ def test_verdict_agrees_with_livecodebench(pool, case):
 _DELIBERATE_SAME_VERDICT = {"prog_keyboardinterrupt"}
 
 
+def test_lcb_exact_mode_agrees_on_every_case(pool):
+    # lcb_exact=True reproduces LCB's verdict on all cases, the deliberate differences included.
+    results = pool.grade_many([(_problem(c), c["code"]) for c in CASES], all_tests=True,
+                              time_limit=TIME_LIMIT, lcb_exact=True)
+    differ = [(c["id"], c["lcb_verdict"], _first_failure(r)) for c, r in zip(CASES, results)
+              if _first_failure(r) not in ALLOWED[c["lcb_verdict"]]]
+    assert differ == []
+    deliberate = [c for c in CASES if c["tag"] == "deliberate"]
+    assert len(deliberate) == 16  # each now graded as LCB grades it (above)
+
+
 # ---- the parent's side of typed return values, with the child's encoding done in-process ----
 
 def _returns_normally(case) -> bool:

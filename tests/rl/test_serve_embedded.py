@@ -1,0 +1,34 @@
+"""`python -m rl.serve` as a command and EmbeddedServer's failure path (its success path starts the
+server every other test_serve_* module uses)."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rl.rollout.embedded import EmbeddedServer, ServerStartError
+
+
+def test_help_and_sglang_delegation(tiny_model_dir):
+    help_ = subprocess.run([sys.executable, "-m", "rl.serve", "--help"], capture_output=True, text=True, timeout=60)
+    assert help_.returncode == 0 and "--max-running-requests" in help_.stdout
+    dry = subprocess.run([sys.executable, "-m", "rl.serve", "--engine", "sglang", "--model", str(tiny_model_dir),
+                          "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "sglang.launch_server" in dry.stdout, dry.stderr
+
+
+def test_a_folder_without_a_model_fails_fast_with_the_log(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(ServerStartError, match="config.json"):
+        with EmbeddedServer(tmp_path, log_path=tmp_path / "serve.log"):
+            pass
+    assert time.monotonic() - start < 60 and "config.json" in (tmp_path / "serve.log").read_text()
+
+
+def test_stop_terminates_the_child_and_is_idempotent(tmp_path):
+    server = EmbeddedServer(tmp_path)
+    server.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = server.process
+    server.stop(timeout=5)
+    server.stop()
+    assert child.poll() is not None and server.process is None
