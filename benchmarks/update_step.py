@@ -10,7 +10,7 @@ side, on the ~100M benchmark model; then what sequence packing saves on mixed-le
    remat and the optimizer not counted) / step time / the measured jitted matmul peak.
 2. Packing at full scale (no model run): the padding fraction of a realistic RL batch, 256 rollouts
    (32 prompts x 8) with 100-1,000 prompt tokens and log-uniform 200-40,000 response tokens, 15% cut
-   at the 40,000 limit: padded to the longest versus packed into 41,000-token rows.
+   at the 40,000 limit: one rollout per 41,000-token row versus packed into such rows.
 3. Packing measured: the update on 16 rollouts of 32-1,024 tokens, padded versus packed into
    1,024-token rows: real tokens per second of each, and the ratio.
 
@@ -130,12 +130,12 @@ def padding_at_scale(rng) -> None:
     response[rng.random(n) < 0.15] = limit
     # Token ids do not matter to the layout: tiny stand-ins keep this part light.
     samples = [_layout_only(p, r) for p, r in zip(prompt, response)]
-    padded, packed = pack(samples, pack=False), pack(samples, pack=True, row_len=row)
+    padded, packed = pack(samples, pack=False, row_len=row), pack(samples, pack=True, row_len=row)
     pf, kf = padding_fraction(padded), padding_fraction(packed)
     real = int(prompt.sum() + response.sum())
     print(f"\npacking at scale: {n} rollouts, {real:,} real tokens (mean {real / n:,.0f}, longest "
           f"{int((prompt + response).max()):,})")
-    print(f"  padded to the longest: {padded.segment_ids.size:,} slots, {100 * pf:.1f}% padding")
+    print(f"  one rollout per {row:,}-token row: {padded.segment_ids.size:,} slots, {100 * pf:.1f}% padding")
     print(f"  packed into {row:,}-token rows: {packed.segment_ids.size:,} slots ({packed.shape['rows']} rows), "
           f"{100 * kf:.1f}% padding")
     print(f"  token slots (MLP / projection compute) saved: {padded.segment_ids.size / packed.segment_ids.size:.2f}x")

@@ -51,7 +51,9 @@ def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, block: in
                         kv_segment_BS=None):
     """Same result as `reference_attention` on every row that sees at least one key, without the [T, S]
     scores: online softmax over tiles of `block` queries x `block` keys, skipping tiles that lie wholly
-    above the causal diagonal. Rows that see no key (left padding) give zeros and pass no gradient.
+    above the causal diagonal, or, with segment ids, wholly in other segments of every row (segments
+    are contiguous runs, and query t's segment is that of key slot q_offset + t). Rows that see no key
+    (left padding) give zeros and pass no gradient.
     """
     B, T, N, H = q_BTNH.shape
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
@@ -80,6 +82,30 @@ def _tile_scores(q_BTKGH, k_BSKH, valid_BS, q_segment_BT, kv_segment_BS, q_start
     return jnp.where(visible_BTS[:, None, None], scores_BKGTS, -jnp.inf)
 
 
+def _segment_runs(kv_segment_BS):
+    """[S] first and last slot of the run of equal segment ids around each key slot, the widest over
+    the batch. Packed segments are contiguous runs, so tiles outside these bounds are wholly masked."""
+    S = kv_segment_BS.shape[1]
+    s_S = jnp.arange(S, dtype=jnp.int32)
+    change_BS = kv_segment_BS[:, 1:] != kv_segment_BS[:, :-1]
+    edge = jnp.ones_like(kv_segment_BS[:, :1], bool)
+    first_BS = jax.lax.cummax(jnp.where(jnp.concatenate([edge, change_BS], 1), s_S, 0), axis=1)
+    last_BS = jax.lax.cummin(jnp.where(jnp.concatenate([change_BS, edge], 1), s_S, S - 1), axis=1, reverse=True)
+    return first_BS.min(axis=0), last_BS.max(axis=0)
+
+
+def _first_kv_block(run_first_S, q_offset, i, bq, bk):
+    """First key tile that query tile i reaches: earlier ones hold only other segments."""
+    slot = jnp.clip(q_offset + i * bq, 0, run_first_S.shape[0] - 1)
+    return run_first_S[slot] // bk
+
+
+def _query_blocks_end(run_last_S, q_offset, j, bq, bk, nq):
+    """One past the last query tile that reaches key tile j: later ones hold only other segments."""
+    slot = jnp.minimum(j * bk + bk - 1, run_last_S.shape[0] - 1)
+    return jnp.clip((run_last_S[slot] - q_offset) // bq + 1, 0, nq)
+
+
 def _visible_kv_blocks(q_offset, i, bq, bk, nk):
     """Number of key tiles that query tile i reaches: later ones lie above the causal diagonal."""
     return jnp.clip((q_offset + (i + 1) * bq - 1) // bk + 1, 0, nk)
@@ -98,6 +124,7 @@ def _flash(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT,
 def _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS):
     B, T, K, G, H = q_BTKGH.shape
     nq, nk = T // bq, k_BSKH.shape[1] // bk
+    run_first_S, _ = _segment_runs(kv_segment_BS)
 
     def q_block(i, carry):
         out_BTKGH, lse_BKGT = carry
@@ -119,7 +146,8 @@ def _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment
 
         init = (jnp.full((B, K, G, bq), MASKED, jnp.float32), jnp.zeros((B, K, G, bq), jnp.float32),
                 jnp.zeros((B, K, G, bq, H), jnp.float32))
-        m_BKGT, l_BKGT, acc_BKGTH = jax.lax.fori_loop(0, _visible_kv_blocks(q_offset, i, bq, bk, nk), kv_block, init)
+        m_BKGT, l_BKGT, acc_BKGTH = jax.lax.fori_loop(_first_kv_block(run_first_S, q_offset, i, bq, bk),
+                                                      _visible_kv_blocks(q_offset, i, bq, bk, nk), kv_block, init)
         # l >= 1 on any row that saw a key; l = 0 (acc = 0) on rows that saw none.
         l_BKGT = jnp.maximum(l_BKGT, jnp.finfo(jnp.float32).tiny)
         out_blk = jnp.einsum("BKGTH->BTKGH", acc_BKGTH / l_BKGT[..., None]).astype(q_BTKGH.dtype)
@@ -138,6 +166,7 @@ def _flash_bwd(bq, bk, residuals, dout_BTKGH):
     q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS, out_BTKGH, lse_BKGT = residuals
     T, H = q_BTKGH.shape[1], q_BTKGH.shape[-1]
     nq, nk = T // bq, k_BSKH.shape[1] // bk
+    _, run_last_S = _segment_runs(kv_segment_BS)
     scale = 1.0 / jnp.sqrt(jnp.float32(H))
     # rowsum(dO * O): the softmax Jacobian's correction term, one number per query row.
     delta_BKGT = jnp.einsum("BTKGH,BTKGH->BKGT", dout_BTKGH.astype(jnp.float32), out_BTKGH.astype(jnp.float32))
@@ -164,7 +193,8 @@ def _flash_bwd(bq, bk, residuals, dout_BTKGH):
 
         zeros_BSKH = jnp.zeros(k_blk.shape, jnp.float32)
         dq_BTKGH, dk_blk, dv_blk = jax.lax.fori_loop(
-            _first_query_block(q_offset, j, bq, bk, nq), nq, q_block, (dq_BTKGH, zeros_BSKH, zeros_BSKH))
+            _first_query_block(q_offset, j, bq, bk, nq), _query_blocks_end(run_last_S, q_offset, j, bq, bk, nq),
+            q_block, (dq_BTKGH, zeros_BSKH, zeros_BSKH))
         dk_BSKH = jax.lax.dynamic_update_slice_in_dim(dk_BSKH, dk_blk, j * bk, axis=1)
         dv_BSKH = jax.lax.dynamic_update_slice_in_dim(dv_BSKH, dv_blk, j * bk, axis=1)
         return dq_BTKGH, dk_BSKH, dv_BSKH

@@ -317,8 +317,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         results = asyncio.run(run(args))
-    except (ValueError, ServerStartError, RolloutError, OSError) as e:  # ValueError: DataError, EvaluationError, ...
+    except (ValueError, ServerStartError, OSError) as e:  # ValueError: DataError, EvaluationError, LaunchError
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RolloutError as e:
+        print(f"error: {e}" + (f"\nwhat was graded is kept: re-run with --out {args.out} to resume" if args.out
+                               else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted{'; re-run with the same --out to resume' if args.out else ''}", file=sys.stderr)

@@ -210,23 +210,25 @@ def _resume(out: Path, setup: dict, ids: set[str], n: int) -> dict[str, list[dic
         what = "; ".join(f"{k}: folder {json.dumps(old.get(k))} vs now {json.dumps(asked[k])}" for k in differ)
         raise EvaluationError(f"{out}: made with other settings ({what}); use another out folder to evaluate "
                               "with these")
-    groups: dict[str, dict[int, str]] = {}
+    groups: dict[str, dict[int, tuple[str, dict]]] = {}  # problem -> index -> (the line as written, parsed)
     if samples_path.exists():
         for raw in samples_path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 line = json.loads(raw)
                 key, index = line["problem"], line["index"]
+                if not all(k in line for k in _SUMMARY):
+                    continue
             except (json.JSONDecodeError, TypeError, KeyError):
                 continue  # a line cut short by a crash: its problem is redone
             if key in ids and isinstance(index, int) and 0 <= index < n:
-                groups.setdefault(key, {})[index] = raw
+                groups.setdefault(key, {})[index] = raw, line
     finished = {k: g for k, g in groups.items() if len(g) == n}
     tmp = out / f".{SAMPLES_FILE}.tmp"
     with tmp.open("w", encoding="utf-8") as f:
         for g in finished.values():
-            f.writelines(g[i] + "\n" for i in range(n))
+            f.writelines(g[i][0] + "\n" for i in range(n))
     os.replace(tmp, samples_path)
-    return {k: [{s: json.loads(raw)[s] for s in _SUMMARY} for raw in g.values()] for k, g in finished.items()}
+    return {k: [{s: line[s] for s in _SUMMARY} for _, line in g.values()] for k, g in finished.items()}
 
 
 # ---- reading results --------------------------------------------------------------------------------

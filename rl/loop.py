@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import models
 from rl import data, evaluation, groups, metrics, packing
-from rl.checkpoint import Checkpointer
+from rl.checkpoint import Checkpointer, load_params
 from rl.experiment import Experiment, model_config
 from rl.losses import compute_advantages
 from rl.reward import RewardSettings
@@ -56,14 +56,14 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
     trainer = Trainer(exp, cfg, mesh)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=exp.schedule.keep_checkpoints)
     stream = ProblemStream(len(train.prompts), seed=exp.seed)
-    restored = ckpt.restore_latest(trainer.abstract_state())
+    restored = ckpt.restore(trainer.abstract_state())
     if restored:
         state, extra = restored
         stream.restore(extra["data"])
         best = extra.get("best", {})
         if trainer.uses_reference:
             trainer.set_reference(_initial_params(exp, cfg, mesh))
-        say(f"resumed from step {int(state.step)} ({ckpt.directory})")
+        say(f"resumed from step {int(jax.device_get(state.step))} ({ckpt.directory})")
     else:
         state, best = trainer.init_state(_initial_params(exp, cfg, mesh)), {}
     step = int(jax.device_get(state.step))
@@ -160,13 +160,13 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
                     best = {"step": step, "pass@1": row["eval/pass@1"]}
                     _keep_best(run_dir, current, best)
             if step % exp.schedule.checkpoint_every == 0 or step == exp.schedule.steps:
-                ckpt.save(step, state, {"data": position, "weight_version": step, "best": best})
+                ckpt.save(state, {"data": position, "weight_version": step, "best": best})
             row["time/step"] = time.perf_counter() - t_step
             row = logger.log(step, row)
             bar.update(1)
             bar.write(metrics.headline(row))
         bar.close()
-        ckpt.wait()
+        ckpt.close()
     logger.close()
     return _summary(logger.history, run_dir, best)
 
@@ -195,11 +195,7 @@ def _batch(exp: Experiment, trainer: Trainer, collected: groups.Collected, step:
 
 def _initial_params(exp: Experiment, cfg, mesh):
     """The starting policy: schedule.init_from (an HF folder or a run's checkpoint), else model.path."""
-    source = exp.schedule.init_from or exp.model.path
-    if Checkpointer.is_checkpoint(source):
-        return Checkpointer.load_params(source, cfg, mesh)
-    _, params = models.load_hf(source, mesh=mesh, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-    return params
+    return load_params(exp.schedule.init_from or exp.model.path, cfg, mesh)
 
 
 def _eos_ids(cfg) -> list[int]:

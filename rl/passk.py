@@ -41,10 +41,18 @@ def breakdown(rows: Sequence[Mapping], key: str, ks: Sequence[int]) -> dict[str,
             for name, v in sorted(groups.items())}
 
 
+def _paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    """b - a per problem; the two must list the same problems in the same order."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values need one value per problem on both sides, got {a.shape} and {b.shape}")
+    return b - a
+
+
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000,
                      seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of b - a over problems and its percentile bootstrap interval (problems resampled in pairs)."""
-    d = np.asarray(b, float) - np.asarray(a, float)
+    d = _paired(a, b)
     if d.size == 0:
         raise ValueError("no common problems to compare")
     idx = np.random.default_rng(seed).integers(0, d.size, size=(resamples, d.size))
@@ -55,7 +63,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, resamples: int =
 
 def sign_test(a: Sequence[float], b: Sequence[float]) -> dict:
     """Two-sided exact sign test on per-problem differences (ties dropped)."""
-    d = np.asarray(b, float) - np.asarray(a, float)
+    d = _paired(a, b)
     wins, losses = int((d > 0).sum()), int((d < 0).sum())
     n = wins + losses
     tail = sum(math.comb(n, i) for i in range(0, min(wins, losses) + 1)) / 2 ** n if n else 1.0

@@ -185,6 +185,9 @@ class Zygote:
             if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or \
                     os.getppid() != self.pid:
                 os._exit(1)
+            # The tests' children must not get the flag: one could set it and then (not root:
+            # same uid) kill this server, to have the zygote report a compile it never ran.
+            self.compiling.madvise(mmap.MADV_DONTFORK)
             while not served:
                 op, payload = ipc.recv(self.requests)
                 if op != "stop":  # a stop that raced the end of a run has nothing left to stop

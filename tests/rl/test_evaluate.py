@@ -54,7 +54,7 @@ def check_consistent(out, n, ks):
     totals = results["totals"]
     assert totals["samples"] == len(lines) == n * len(results["problems"])
     for k in ks:
-        assert totals[f"pass@k".replace("k", str(k))] == pytest.approx(
+        assert totals[f"pass@{k}"] == pytest.approx(
             sum(r[f"pass@{k}"] for r in results["problems"]) / len(results["problems"]))
     return results, by_problem
 
@@ -64,7 +64,7 @@ def test_cli_evaluates_the_window_and_difficulties(served, serve_model_dir, prob
     code = main(["--server", served.url, "--api-key", API_KEY, "--tokenizer", str(serve_model_dir),
                  "--problems", str(problems_file), "--window", "2024-08-01:2025-02-01", "--difficulty", "easy",
                  "medium", "--n", "3", "--k", "1,2", "--max-new-tokens", "12", "--workers", "1", "--out", str(out),
-                 "--no-progress"])
+                 "--lcb-exact", "--no-progress"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     results, _ = check_consistent(out, 3, [1, 2])
@@ -73,7 +73,7 @@ def test_cli_evaluates_the_window_and_difficulties(served, serve_model_dir, prob
     assert results["meta"]["data"]["filter"]["dropped"] == {"outside_window": 1, "difficulty": 1}
     assert results["status"] == "complete" and results["sampling"]["max_new_tokens"] == 12
     assert results["context_length"] == 4096  # what the server reports at /v1/models
-    assert results["sandbox"]["time_limit"] is None and results["reward"]["time_limit"] == 15.0
+    assert results["sandbox"]["lcb_exact"] is True and results["reward"]["time_limit"] == 15.0
     assert set(results["by_difficulty"]) == {"easy", "medium"}
     assert set(results["by_platform"]) == {"atcoder", "codeforces"}
     assert "pass@2" in printed.out and "difficulty=medium" in printed.out
@@ -105,21 +105,26 @@ def evaluate_folder(served, tokenizer_dir, problems_file, out, *, seed, n=2):
     return out
 
 
-async def _evaluate(url, tokenizer, prompts, out, *, n, counter=None, seed=0):
+@pytest.fixture(scope="module")
+def pool():
     from sandbox import SandboxPool
 
+    with SandboxPool(1) as p:
+        yield p
+
+
+async def _evaluate(url, pool, tokenizer, prompts, out, *, n, counter=None, seed=0):
     class CountingClient(RolloutClient):
+        """The real client, counting the samples it is asked for."""
         async def draw(self, request):
             if counter is not None:
                 counter.append(request.identity)
             return await super().draw(request)
 
     async with CountingClient([url], api_key=API_KEY) as client:
-        with SandboxPool(1) as pool:
-            return await evaluation.evaluate(
-                client, pool, tokenizer, prompts, n=n, ks=[1], sampling={"max_new_tokens": 8, "temperature": 1.0},
-                settings=RewardSettings(time_limit=5.0), seed=seed, out_dir=out, progress=False,
-                meta={"model": "tiny"})
+        return await evaluation.evaluate(
+            client, pool, tokenizer, prompts, n=n, ks=[1], sampling={"max_new_tokens": 8, "temperature": 1.0},
+            settings=RewardSettings(time_limit=5.0), seed=seed, out_dir=out, progress=False, meta={"model": "tiny"})
 
 
 @pytest.fixture(scope="module")
@@ -131,18 +136,18 @@ def prompts(serve_model_dir, problems_file):
     return tokenizer, data.render_prompts(records, tokenizer)[0]
 
 
-def test_resume_skips_finished_problems_and_redoes_partial_ones(served, prompts, tmp_path):
+def test_resume_skips_finished_problems_and_redoes_partial_ones(served, pool, prompts, tmp_path):
     tokenizer, rendered = prompts
     out = tmp_path / "eval"
     drawn = []
-    asyncio.run(_evaluate(served.url, tokenizer, rendered, out, n=2, counter=drawn))
+    asyncio.run(_evaluate(served.url, pool, tokenizer, rendered, out, n=2, counter=drawn))
     assert len(drawn) == 2 * len(rendered)
     before = (out / "samples.jsonl").read_text().splitlines()
     # A crash: the last sample of "square" never written, and a line cut short at the end.
     kept = [l for l in before if not (json.loads(l)["problem"] == "square" and json.loads(l)["index"] == 1)]
     (out / "samples.jsonl").write_text("\n".join(kept) + '\n{"problem": "dou')
     drawn.clear()
-    results = asyncio.run(_evaluate(served.url, tokenizer, rendered, out, n=2, counter=drawn))
+    results = asyncio.run(_evaluate(served.url, pool, tokenizer, rendered, out, n=2, counter=drawn))
     assert sorted(drawn) == [("eval/square", 0), ("eval/square", 1)]  # only the partial problem, whole
     assert results["resumed_problems"] == len(rendered) - 1
     after = (out / "samples.jsonl").read_text().splitlines()
@@ -150,15 +155,15 @@ def test_resume_skips_finished_problems_and_redoes_partial_ones(served, prompts,
     assert len(after) == len(before)
     check_consistent(out, 2, [1])
     drawn.clear()
-    asyncio.run(_evaluate(served.url, tokenizer, rendered, out, n=2, counter=drawn))
+    asyncio.run(_evaluate(served.url, pool, tokenizer, rendered, out, n=2, counter=drawn))
     assert drawn == []  # everything finished: nothing drawn
     with pytest.raises(evaluation.EvaluationError, match="other settings.*n: folder 2 vs now 3"):
-        asyncio.run(_evaluate(served.url, tokenizer, rendered, out, n=3))
+        asyncio.run(_evaluate(served.url, pool, tokenizer, rendered, out, n=3))
 
 
-def test_evaluate_without_a_folder_returns_the_same_structure(served, prompts):
+def test_evaluate_without_a_folder_returns_the_same_structure(served, pool, prompts):
     tokenizer, rendered = prompts
-    results = asyncio.run(_evaluate(served.url, tokenizer, rendered[:2], None, n=1))
+    results = asyncio.run(_evaluate(served.url, pool, tokenizer, rendered[:2], None, n=1))
     assert results["totals"]["problems"] == 2 and results["totals"]["samples"] == 2
     assert set(evaluation.metrics(results)) >= {"eval/pass@1", "eval/format_error_rate", "eval/truncated_frac"}
 

@@ -1,6 +1,5 @@
 """The notebooks run headless on runs and evaluations made here, render their figures, and every notebook is
 committed without outputs."""
-import asyncio
 import json
 import os
 import pathlib

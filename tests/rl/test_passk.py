@@ -73,6 +73,10 @@ def test_paired_bootstrap_centre_and_errors():
     assert passk.paired_bootstrap([1, 1], [1, 1]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="no common problems"):
         passk.paired_bootstrap([], [])
+    with pytest.raises(ValueError, match="one value per problem"):
+        passk.paired_bootstrap([0.5], [0.5, 1.0])  # would broadcast silently
+    with pytest.raises(ValueError, match="one value per problem"):
+        passk.sign_test([0.5, 0.0, 1.0], [0.5, 1.0])
 
 
 @pytest.mark.parametrize("a_rates,b_rates", [

@@ -87,6 +87,21 @@ def test_compile_over_the_memory_limit_is_a_memory_limit(pool, marker):
     assert_untouched(pool, marker)
 
 
+def test_a_test_cannot_forge_a_killed_compile(pool, marker):
+    # The flag that makes a server's death "killed while compiling" is shared with the zygote
+    # only: a test's child, which finds the zygote object by walking its frames, has no mapping.
+    code = """import sys
+f = sys._getframe()
+while f is not None and type(f.f_locals.get("self")).__name__ != "Zygote":
+    f = f.f_back
+f.f_locals["self"].compiling[0] = 1
+print("wrote")
+"""
+    result = pool.grade(stdin_problem([("", "wrote")]), code)
+    assert result.verdict is RE and result.tests[0].exit_code == -11  # SIGSEGV
+    assert_untouched(pool, marker)
+
+
 # ---- the grading side's cost on hostile bytes: linear in their size ----
 
 def _payloads(n: int) -> dict:

@@ -297,6 +297,11 @@ def test_cli_grades_and_prints_one_json_object(tmp_path):
     code.write_text("print(5)")
     out = json.loads(_cli("grade", "--problem", str(problem), "--code", str(code)).stdout)
     assert out["passed"] is False and out["verdict"] == "wrong_answer" and len(out["tests"]) == 1
+    # LiveCodeBench's mocked stdin is not iterable: a runtime error in its exact mode only.
+    code.write_text("import sys\nfor line in sys.stdin:\n    a, b = map(int, line.split())\n"
+                    "    print(a * b if a == 2 else a + b)\n")
+    out = json.loads(_cli("grade", "--problem", str(problem), "--code", str(code), "--lcb-exact").stdout)
+    assert out["verdict"] == "runtime_error" and out["compile_time"] >= 0
 
 
 def test_cli_rejects_malformed_problem(tmp_path):

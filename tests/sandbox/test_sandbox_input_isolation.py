@@ -12,16 +12,19 @@ import pytest
 from sandbox import Verdict
 from sandbox_helpers import call_problem, stdin_problem
 
-SLEEP = 1.0  # seconds each test child sleeps, to be read while alive
+SLEEP = 1.5  # seconds each test child sleeps, to be read while alive
 
 
 def _memory_of(pid: int) -> bytes:
-    """Every readable mapping of a process (root reads even a non-dumpable one)."""
+    """Every readable mapping of a process that is writable or anonymous, i.e. all but the
+    files' text and constants (root reads even a non-dumpable process)."""
     chunks = []
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         for line in maps:
-            start, end = (int(x, 16) for x in line.split()[0].split("-"))
-            if "r" not in line.split()[1]:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            anonymous = len(fields) < 6 or fields[5].startswith("[")
+            if "r" not in fields[1] or not ("w" in fields[1] or anonymous):
                 continue
             try:
                 mem.seek(start)
@@ -54,7 +57,7 @@ def _scan_while_grading(pool, problem, code) -> tuple[object, dict]:
     while grading.is_alive():
         for pid in _children_of_uid(uid):
             if pid not in found:
-                time.sleep(0.1)  # let it read its input and reach its sleep
+                time.sleep(0.2)  # let it read its input and reach its sleep
                 try:
                     found[pid] = set(re.findall(rb"IN-([0-9a-f]{32})", _memory_of(pid)))
                 except (FileNotFoundError, ProcessLookupError):

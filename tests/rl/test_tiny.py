@@ -1,0 +1,84 @@
+"""The tiny task of the CPU main job: shipped problems, splits, and the warm-started model folder."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from rl.tiny import build
+from rl.tiny.build import BuildSettings
+from rl.tiny.model import encode_pair, train_tokenizer
+from rl.tiny.tasks import HELDOUT_FILE, OPS_BY_NAME, TRAIN_FILE, make_splits, read_jsonl
+from sandbox import Problem, SandboxPool
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return read_jsonl(TRAIN_FILE), read_jsonl(HELDOUT_FILE)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool() as p:
+        yield p
+
+
+def off_by_one(problem: dict) -> str:
+    """The reference program with its constant replaced by k + 1 (or, without one, another program
+    over the same input): the slip the tests are built to catch."""
+    k = problem["metadata"]["k"]
+    if k:
+        return OPS_BY_NAME[problem["metadata"]["op"]].code.format(k=k + 1)
+    return re.sub(r"print\((.*)\)$", r"print(\1, 0)", problem["solution"])
+
+
+def test_shipped_files_are_what_the_generator_writes(shipped):
+    assert list(shipped) == [json.loads(json.dumps(s)) for s in make_splits(0)]
+
+
+def test_splits_do_not_overlap_and_heldout_pairs_are_compositions_of_training_parts(shipped):
+    train, heldout = shipped
+    assert len(train) >= 300 and len(heldout) >= 50
+    train_programs = {p["solution"] for p in train}
+    assert not train_programs & {p["solution"] for p in heldout}
+    assert not {p["question"] for p in train} & {p["question"] for p in heldout}
+    train_ops = {p["metadata"]["op"] for p in train}
+    train_ks = {p["metadata"]["k"] for p in train}
+    for p in heldout:
+        assert p["metadata"]["op"] in train_ops and p["metadata"]["k"] in train_ks, p["id"]
+    assert len({p["id"] for p in train + heldout}) == len(train) + len(heldout)
+
+
+def test_every_reference_passes_in_the_sandbox_and_an_off_by_one_program_fails(shipped, pool):
+    problems = [p for split in shipped for p in split]
+    jobs = [(Problem.from_dict(p), p["solution"]) for p in problems]
+    jobs += [(Problem.from_dict(p), off_by_one(p)) for p in problems]
+    results = pool.grade_many(jobs)
+    n = len(problems)
+    assert [p["id"] for p, r in zip(problems, results[:n]) if not r.passed] == []
+    assert [p["id"] for p, r in zip(problems, results[n:]) if r.passed] == []
+
+
+def test_answers_are_short_fenced_programs(shipped):
+    train, heldout = shipped
+    tokenizer = train_tokenizer(train)
+    lengths = [len(encode_pair(tokenizer, p)[1]) for p in train + heldout]
+    assert max(lengths) <= 40
+    # Every held-out constant is one token that also occurs in training answers, so it can be copied.
+    ids = {t for p in train for t in encode_pair(tokenizer, p)[1]}
+    for p in heldout:
+        k = p["metadata"]["k"]
+        assert set(tokenizer.encode(f" {k}")) <= ids or set(tokenizer.encode(str(k))) <= ids, p["id"]
+
+
+def test_build_writes_a_loadable_folder_whose_warm_start_lowers_the_loss(tmp_path):
+    from models import load_hf
+    from transformers import AutoTokenizer
+
+    out = build(tmp_path / "model", seed=0, settings=BuildSettings(steps=12, batch_size=8, lr=5e-3),
+                progress=False)
+    cfg, params = load_hf(out)
+    tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    assert cfg.vocab_size == len(tokenizer) and tokenizer.chat_template
+    losses = json.loads((out / "warmstart.json").read_text())["losses"]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
