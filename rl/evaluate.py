@@ -141,42 +141,42 @@ def yarn_view(model_dir: Path, max_context: int, into: Path) -> tuple[Path, dict
 @contextlib.contextmanager
 def serve(args, log_dir: Path):
     """(urls, facts for results.json): the servers to use, started here with --model."""
-    if args.server:
-        yield list(args.server), {"servers": list(args.server)}
+    if args.server:  # their URLs are not recorded: a resume may reach the same model elsewhere
+        yield list(args.server), {}
         return
     from rl.rollout.embedded import EmbeddedServer
     from rl.rollout.sglang import read_config, yarn_override
     facts = {"engine": args.engine}
-    extra = ["--max-running-requests", str(args.max_running_requests)] + (["--api-key", args.api_key]
-                                                                           if args.api_key else [])
+    key = ["--api-key", args.api_key] if args.api_key else []
     with tempfile.TemporaryDirectory(prefix="rl-evaluate-") as tmp:
         model = args.model
         if args.engine == "sglang":
-            extra = ["--engine", "sglang"] + (["--api-key", args.api_key] if args.api_key else [])
+            extra, timeout = ["--engine", "sglang", *key], 1800.0
             if args.max_context:  # the launcher adds the YaRN override itself
                 extra += ["--context-length", str(args.max_context)]
                 facts["yarn"] = yarn_override(read_config(model), args.max_context, str(model / "config.json"))
-            timeout = 1800.0
         else:
+            extra, timeout = ["--max-running-requests", str(args.max_running_requests), *key], 600.0
             if args.max_context:
                 model, facts["yarn"] = yarn_view(model, args.max_context, Path(tmp) / "model")
                 extra += ["--context-length", str(args.max_context)]
-            timeout = 600.0
         log = log_dir / "server.log" if log_dir else None
         print(f"starting the {args.engine} server on {args.model} ...", file=sys.stderr, flush=True)
         with EmbeddedServer(model, extra_args=extra, log_path=log, startup_timeout=timeout) as server:
             yield [server.url], facts
 
 
-def server_context(urls: list[str], api_key: str | None) -> int | None:
-    """The context length the first server reports (SGLang's /v1/models max_model_len), if any."""
+def served_model(urls: list[str], api_key: str | None) -> tuple[str | None, int | None]:
+    """(model id, context length) as the first server reports them at /v1/models (SGLang's id and
+    max_model_len); None for what it does not say."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        models = httpx.get(f"{urls[0]}/v1/models", headers=headers, timeout=30).json()["data"]
-        value = models[0].get("max_model_len")
+        model = httpx.get(f"{urls[0]}/v1/models", headers=headers, timeout=30).json()["data"][0]
+        name, context = model.get("id"), model.get("max_model_len")
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None
-    return value if isinstance(value, int) and value > 0 else None
+        return None, None
+    return (name if isinstance(name, str) else None,
+            context if isinstance(context, int) and not isinstance(context, bool) and context > 0 else None)
 
 
 def stop_ids(folder: Path, tokenizer) -> list[int]:
@@ -223,7 +223,7 @@ async def run(args) -> dict:
                                interval=min(1.0, args.wait))
         except TimeoutError as e:
             raise evaluation.EvaluationError(f"server unreachable: {e}") from None
-        context = server_context(urls, args.api_key)
+        name, context = served_model(urls, args.api_key)
         if args.max_context and context and context < args.max_context:
             raise evaluation.EvaluationError(
                 f"--max-context {args.max_context}: the server serves {context} tokens; start it with "
@@ -242,7 +242,7 @@ async def run(args) -> dict:
                     "stop_token_ids": stop_ids(tokenizer_dir, tokenizer)}
         if args.max_new_tokens:
             sampling["max_new_tokens"] = args.max_new_tokens
-        meta = {"model": str(args.model) if args.model else args.server, "tokenizer": str(tokenizer_dir),
+        meta = {"model": str(args.model) if args.model else name, "tokenizer": str(tokenizer_dir),
                 "problems": [str(p) for p in args.problems], "window": args.window,
                 "difficulties": list(args.difficulty), "dedup": args.dedup, "prompt": args.prompt,
                 "max_context": args.max_context, **served,

@@ -84,8 +84,8 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
             say(f"embedded server on {server.url} serving {current.name} (log: {run_dir / 'server.log'})")
         client = await stack.enter_async_context(RolloutClient(urls, max_concurrency=exp.rollout.max_concurrency))
         pool = stack.enter_context(SandboxPool(exp.sandbox.workers or None))
-        if exp.rollout.servers:  # they may hold other weights (a crash, another run): push ours first
-            await client.sync_weights(current, step)
+        # Servers may hold other weights (a crash, another run): push ours before the first rollout.
+        await client.sync_weights(current, step)
 
         def sampler(problems, sampling, key):
             async def sample(p: int, index: int) -> groups.Rollout:
@@ -103,8 +103,7 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
             result = await evaluation.evaluate(
                 client, pool, tokenizer, held_out.prompts, n=exp.rollout.eval_n, ks=(1,), sampling=sampling,
                 settings=settings, seed=exp.seed + at, out_dir=run_dir / "eval" / f"step_{at:06d}", progress=False)
-            out = {f"eval/{k}": v for k, v in result["totals"].items() if k.startswith("pass@")}
-            return {**out, "time/eval": time.perf_counter() - t0}
+            return {**evaluation.metrics(result, prefix="eval/"), "time/eval": time.perf_counter() - t0}
 
         def collect(at: int, version: int):
             """Rollouts for step `at`, from weights `version` or newer (the staleness bound)."""

@@ -105,8 +105,8 @@ def _grade_exact(worker, problem: Problem, opts: Options, time_limit: float, mem
     worker.send_input(json.dumps([t.input for t in problem.tests]))
     deadline = (time_limit + 1) * n + 5 + ZYGOTE_GRACE
     run = worker.recv(deadline)
-    while not worker.recv(ZYGOTE_GRACE).get("done"):
-        pass
+    if run.get("done") or not worker.recv(ZYGOTE_GRACE).get("done"):
+        raise WorkerCrashed("the zygote broke the exact mode's protocol")
     records = parse_records(run["status"]) if run["ready"] else []
     results = []
     for i, test in enumerate(problem.tests):

@@ -47,10 +47,11 @@ statistics string struct subprocess sys textwrap threading time timeit tokenize 
 typing unicodedata uuid warnings weakref zlib _strptime encodings.ascii encodings.latin_1
 encodings.utf_16 encodings.utf_32 encodings.cp1252 numpy numpy.linalg numpy.fft numpy.random
 numpy.polynomial sortedcontainers
-_bz2 _crypt _curses _curses_panel _lzma _sqlite3 _ssl _uuid nis readline
+_bz2 _crypt _curses _curses_panel _lzma _sqlite3 _ssl _uuid readline
 """.split()
 # (The last line: extension modules linked to shared libraries outside the read-only views of
-# the standard library (rootfs); loaded here, their Python modules import from the views.)
+# the standard library (rootfs); loaded here, their Python modules import from the views. Not
+# `nis`, the deprecated NIS client: its Kerberos libraries would add 53 mappings to every fork.)
 
 # LiveCodeBench runs every solution after `from M import *` for these modules, then
 # `from builtins import *` and `from typing import *`, and also imports the modules by name.
@@ -260,12 +261,15 @@ class Zygote:
                 break
             if index + 1 < count and self.next is None:  # the reply to the previous result
                 self.next = self._read_message()
-            captures = result.pop("captures")
-            ipc.send(self.replies, {"index": index, **result}, files=captures)
-            for fd, _, _ in captures.values():
-                os.close(fd)
+            self._send_result(index, result)
         ipc.send(self.replies, {"done": True})
         return True
+
+    def _send_result(self, index: int, result: dict) -> None:
+        captures = result.pop("captures")
+        ipc.send(self.replies, {"index": index, **result}, files=captures)
+        for fd, _, _ in captures.values():
+            os.close(fd)
 
     def op_run_all(self, count: int, time_limit: float, **limits) -> bool:
         """LiveCodeBench-exact mode: one child runs every test (lcb_exact.run_all), with the
@@ -276,10 +280,7 @@ class Zygote:
                                    deadline=(time_limit + 1) * count + 5, **limits)
             _scrub(inputs)
             if result is not None:
-                captures = result.pop("captures")
-                ipc.send(self.replies, {"index": 0, **result}, files=captures)
-                for fd, _, _ in captures.values():
-                    os.close(fd)
+                self._send_result(0, result)
         ipc.send(self.replies, {"done": True})
         return True
 
@@ -312,7 +313,7 @@ class Zygote:
         except OSError:
             pass  # the child already exited or set it
         os.close(ready_w)
-        keep = [fds[1], fds[2], fds[3]]  # the captures, sent from the files (ipc.send)
+        unsent = [fds[1], fds[2], fds[3]]  # the captures: closed here, or once sent (_send_result)
         try:
             outcome = self._wait(pid, start + (deadline or time_limit))
             wall = time.monotonic() - start
@@ -322,7 +323,7 @@ class Zygote:
             captures = {"stdout": _capture(fds[1], output_cap),
                         "stderr": _capture(fds[2], STDERR_TAIL, tail=True),
                         "status": _capture(fds[3], output_cap)}
-            keep = []
+            unsent = []
             return {
                 "exit": os.waitstatus_to_exitcode(status),
                 "timed_out": outcome == "timed_out",
@@ -335,7 +336,7 @@ class Zygote:
                 "captures": captures,
             }
         finally:
-            for fd in (fds[0], ready_r, *keep):
+            for fd in (fds[0], ready_r, *unsent):
                 os.close(fd)
             if self.isolation["chroot"]:
                 # Frees the whole tree at once, however deep or large the program made it

@@ -98,12 +98,14 @@ class RolloutClient:
         self.timeout, self.retries, self.backoff, self.max_backoff = timeout, retries, backoff, max_backoff
         self.max_aborts = max_aborts
         self.weight_version: str | None = None  # the last version sync_weights confirmed
-        self._http = httpx.AsyncClient(headers=_headers(api_key), timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        self._http = httpx.AsyncClient(headers=_headers(api_key),
+                                       timeout=httpx.Timeout(timeout, connect=connect_timeout),
                                        limits=httpx.Limits(max_connections=max_concurrency,
                                                            max_keepalive_connections=max_concurrency))
         # Control calls (pause, flush, abort) get their own pool: a pool full of long generations must
         # never block the pause that ends them.
-        self._control = httpx.AsyncClient(headers=_headers(api_key), timeout=httpx.Timeout(60.0, connect=connect_timeout))
+        self._control = httpx.AsyncClient(headers=_headers(api_key),
+                                          timeout=httpx.Timeout(60.0, connect=connect_timeout))
         self._slots = asyncio.Semaphore(max_concurrency)
         self._open = asyncio.Event()  # cleared while this client syncs weights: nothing new is sent
         self._open.set()

@@ -283,15 +283,16 @@ class Engine:
         return W
 
     def _prefill(self, admitted: list[tuple[int | None, Request]]) -> None:
-        longest = max(len(r.prompt) + len(r.output_ids) for _, r in admitted)
-        running = [len(r.prompt) + len(r.output_ids) for r in self._rows if r is not None]
-        W = self._fit(max([longest] + running))
+        if any(b is not None for b, _ in admitted):
+            lengths = [len(r.prompt) + len(r.output_ids) for r in self._rows if r is not None]
+            W = self._fit(max(lengths + [len(r.prompt) + len(r.output_ids) for _, r in admitted]))
+        else:  # only probes: the caches are not touched
+            W = self.slots
         slot_of = {id(r): b for b, r in enumerate(self._rows) if r is not None}  # _fit may have moved rows
         for start in range(0, len(admitted), PREFILL_ROWS):
             chunk = [(slot_of.get(id(r)), r) for _, r in admitted[start:start + PREFILL_ROWS]]
             seqs = [r.prompt + r.output_ids for _, r in chunk]  # retracted requests resume from their tokens
             k, P = bucket(len(chunk), 1), bucket(max(map(len, seqs)))
-            P = min(P, self._caches[0]["k"].shape[2] - 1)
             tokens = np.zeros((k, P), np.int32)
             length = np.ones(k, np.int32)
             slot = np.full(k, W, np.int32)  # rows without a slot write out of range: dropped
@@ -300,9 +301,11 @@ class Engine:
                 slot[i] = W if b is None else b
             a = _row_arrays([r for _, r in chunk], k)
             sample, filtering, top_n = self._modes(a, [r for _, r in chunk])
-            self._caches, *out = _prefill(self._weights, self._caches, tokens, length, slot, a["seed"], a["index"],
-                                          a["step"], a["temperature"], a["top_p"], a["top_k"], a["min_p"],
-                                          cfg=self.cfg, sample=sample, filtering=filtering, top_n=top_n)
+            fresh, *out = _prefill(self._weights, tokens, length, a["seed"], a["index"], a["step"], a["temperature"],
+                                   a["top_p"], a["top_k"], a["min_p"], cfg=self.cfg, sample=sample,
+                                   filtering=filtering, top_n=top_n)
+            if any(b is not None for b, _ in chunk):  # probes (one token) keep nothing
+                self._caches = _store(self._caches, fresh, slot)
             for i, (b, _) in enumerate(chunk):
                 if b is not None:
                     for name, x in a.items():
@@ -402,7 +405,7 @@ def _notify(r: Request) -> None:
 _unstack = jax.jit(unstack_layers)
 
 
-@functools.partial(jax.jit, static_argnums=2, donate_argnums=0)
+@functools.partial(jax.jit, static_argnums=2)  # the shape changes: nothing to donate into
 def _relayout(caches, index_W, length: int):
     """Caches with row i taken from old row index_W[i] (zeros where out of range), `length` slots long."""
     def one(c):
@@ -425,20 +428,27 @@ def _sample(weights, cfg, h_BD, keys_B, temperature_B, top_p_B, top_k_B, min_p_B
     return out + tuple(jax.lax.top_k(logp_BV, top_n)) if top_n else out
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sample", "filtering", "top_n"), donate_argnums=1)
-def _prefill(weights, caches, tokens_kP, length_k, slot_k, seed_k, index_k, step_k, temperature_k, top_p_k, top_k_k,
-             min_p_k, *, cfg, sample, filtering, top_n):
-    """Run right-padded prompts [k, P] and copy their keys/values into slots slot_k (rows 0..P-1);
-    returns the caches and each prompt's next token (with its logprob, and top logprobs if top_n)."""
+@functools.partial(jax.jit, static_argnames=("cfg", "sample", "filtering", "top_n"))
+def _prefill(weights, tokens_kP, length_k, seed_k, index_k, step_k, temperature_k, top_p_k, top_k_k, min_p_k, *, cfg,
+             sample, filtering, top_n):
+    """Run right-padded prompts [k, P]: their keys/values (per layer [1, k, P, K, H]) and each prompt's
+    next token (with its logprob, and top logprobs if top_n). Independent of the caches' shape, so a
+    one-token probe compiles nothing new however the running rows grew."""
     k, P = tokens_kP.shape
     positions_kP = jnp.broadcast_to(jnp.arange(P), (k, P))
     mask_kP = positions_kP < length_k[:, None]
     h_kPD, fresh = hidden_states_unrolled(weights, cfg, tokens_kP, mask_kP, positions_kP,
                                           init_layer_caches(cfg, k, P), 0)
-    caches = [{n: c[n].at[0, slot_k, :P].set(f[n][0], mode="drop") for n in c} for c, f in zip(caches, fresh)]
     h_kD = h_kPD[jnp.arange(k), length_k - 1]
-    return (caches,) + _sample(weights, cfg, h_kD, _keys(seed_k, index_k, step_k), temperature_k, top_p_k, top_k_k,
-                               min_p_k, sample, filtering, top_n)
+    return (fresh,) + _sample(weights, cfg, h_kD, _keys(seed_k, index_k, step_k), temperature_k, top_p_k, top_k_k,
+                              min_p_k, sample, filtering, top_n)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _store(caches, fresh, slot_k):
+    """Copy prefilled keys/values [1, k, P, K, H] into rows slot_k, slots 0..P-1 (out-of-range rows dropped)."""
+    P = fresh[0]["k"].shape[2]
+    return [{n: c[n].at[0, slot_k, :P].set(f[n][0], mode="drop") for n in c} for c, f in zip(caches, fresh)]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

@@ -12,33 +12,23 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 INSTALL_HINT = "install it with `pip install 'coderl[sglang]'` on a GPU machine"
 
 
 @dataclass(frozen=True)
-class Command:
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-
-    def shell(self) -> str:
-        return " ".join([f"{k}={shlex.quote(v)}" for k, v in self.env.items()] + [shlex.join(self.argv)])
-
-
-@dataclass(frozen=True)
 class LaunchPlan:
-    servers: list[Command]
-    worker_urls: list[str]
-    router: Command | None
-    url: str  # what clients (RolloutClient) talk to; sync_weights needs worker_urls
+    servers: list[list[str]]  # one launch_server argv per server
+    worker_urls: list[str]  # RolloutClient's sync_urls
+    router: list[str] | None  # the router's argv, with several servers
+    url: str  # what clients talk to
 
 
 class LaunchError(ValueError):
@@ -104,12 +94,12 @@ def build_plan(args: argparse.Namespace) -> LaunchPlan:
             argv += ["--weight-version", args.weight_version]
         if args.api_key:
             argv += ["--api-key", args.api_key]
-        servers.append(Command(argv + list(args.sglang_args)))
+        servers.append(argv + list(args.sglang_args))
     workers = [f"http://{local}:{p}" for p in ports]
     router = None
     if several:
-        router = Command([sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *workers,
-                          "--host", args.host, "--port", str(args.port), "--policy", args.router_policy])
+        router = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *workers,
+                  "--host", args.host, "--port", str(args.port), "--policy", args.router_policy]
     return LaunchPlan(servers, workers, router, f"http://{local}:{args.port}")
 
 
@@ -162,8 +152,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for command in plan.servers + ([plan.router] if plan.router else []):
-            print(command.shell())
+        for argv in plan.servers + ([plan.router] if plan.router else []):
+            print(shlex.join(argv))
         return 0
     needed = ["sglang"] + (["sglang_router"] if plan.router else [])
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
@@ -180,10 +170,10 @@ def _run(plan: LaunchPlan, startup_timeout: float, api_key: str | None) -> int:
     procs: list[subprocess.Popen] = []
     deadline = time.monotonic() + startup_timeout
 
-    def start(commands: list[Command], urls: list[str]) -> None:
-        for command in commands:
-            print(f"starting: {command.shell()}", flush=True)
-            procs.append(subprocess.Popen(command.argv, env={**os.environ, **command.env}))
+    def start(commands: list[list[str]], urls: list[str]) -> None:
+        for argv in commands:
+            print(f"starting: {shlex.join(argv)}", flush=True)
+            procs.append(subprocess.Popen(argv))
         _wait_started(procs, urls, deadline, api_key)
 
     try:

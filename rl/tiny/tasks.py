@@ -165,11 +165,15 @@ def read_jsonl(path: Path) -> list[dict]:
     """Problems from a .jsonl file, with an error naming the file and line on a bad one."""
     problems = []
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{i}: not JSON ({e})") from None
-        missing = {"question", "solution", "tests"} - set(row) if isinstance(row, dict) else {"(an object)"}
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        missing = {"question", "solution", "tests"} - set(row)
         if missing:
             raise ValueError(f"{path}:{i}: missing {sorted(missing)}")
         problems.append(row)

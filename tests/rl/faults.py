@@ -43,8 +43,9 @@ class FaultProxy:
         self._faults: deque[tuple[str, str, float]] = deque()
         self._lock = threading.Lock()
         self._http: httpx.AsyncClient | None = None
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=0, log_level="critical", lifespan="off", interface="asgi3",
-                                timeout_graceful_shutdown=1)
+        # log_level critical: a "drop" ends its handler with an exception on purpose
+        config = uvicorn.Config(self._app, host="127.0.0.1", port=0, log_level="critical", lifespan="off",
+                                interface="asgi3", timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self.url = ""

@@ -72,7 +72,7 @@ def test_cli_evaluates_the_window_and_difficulties(served, serve_model_dir, prob
     assert sorted(r["id"] for r in results["problems"]) == ["double", "echo"]
     assert results["meta"]["data"]["filter"]["dropped"] == {"outside_window": 1, "difficulty": 1}
     assert results["status"] == "complete" and results["sampling"]["max_new_tokens"] == 12
-    assert results["context_length"] == 4096  # what the server reports at /v1/models
+    assert results["context_length"] == 4096 and results["meta"]["model"] == "tiny"  # what /v1/models reports
     assert results["sandbox"]["lcb_exact"] is True and results["reward"]["time_limit"] == 15.0
     assert set(results["by_difficulty"]) == {"easy", "medium"}
     assert set(results["by_platform"]) == {"atcoder", "codeforces"}

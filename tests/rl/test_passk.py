@@ -50,21 +50,26 @@ def test_bad_counts_are_refused():
         passk.pass_at_k(4, 1, 8)
 
 
+def _pass_probabilities(rng, problems):
+    """Per-problem pass probabilities of a baseline and of a model better by about 4 points on average."""
+    base = rng.beta(0.6, 0.9, problems)
+    return base, np.clip(base + rng.normal(0.04, 0.08, problems), 0, 1)
+
+
 def test_paired_bootstrap_covers_the_true_difference_at_its_nominal_rate():
-    """Two models whose per-problem pass probabilities differ by a known mean, each evaluated on a fresh
-    draw of problems and samples: the 95% interval should hold the true difference about 95% of the time."""
+    """Each trial draws a fresh problem set and n samples per problem from both models; the 95% interval should
+    hold the true difference (over the whole population of problems) about 95% of the time."""
+    base, better = _pass_probabilities(np.random.default_rng(123), 1_000_000)
+    true = float(np.mean(better - base))
     rng = np.random.default_rng(0)
     problems, n, trials, covered = 200, 4, 300, 0
     for _ in range(trials):
-        base = rng.beta(0.6, 0.9, problems)                  # per-problem difficulty
-        better = np.clip(base + rng.normal(0.04, 0.08, problems), 0, 1)
-        true = float(np.mean(better - base))                  # the difference over these problems
-        a = rng.binomial(n, base) / n
-        b = rng.binomial(n, better) / n
+        base, better = _pass_probabilities(rng, problems)
+        a, b = rng.binomial(n, base) / n, rng.binomial(n, better) / n
         _, low, high = passk.paired_bootstrap(a, b, resamples=1000, seed=int(rng.integers(1 << 31)))
         covered += low <= true <= high
     rate = covered / trials
-    assert 0.91 <= rate <= 0.98, rate  # binomial sd at 300 trials is ~1.3 points
+    assert 0.91 <= rate <= 0.985, rate  # binomial sd at 300 trials is ~1.3 points (seeds 0-4 give 0.93-0.97)
 
 
 def test_paired_bootstrap_centre_and_errors():

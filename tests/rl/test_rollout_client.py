@@ -1,11 +1,14 @@
-"""The rollout client against the embedded server over real HTTP on 127.0.0.1: records, groups,
-as_completed, faults (each with every sample exactly once) and weight sync."""
+"""The rollout client against embedded servers over real HTTP on 127.0.0.1: records, groups,
+as_completed, faults (each with every sample exactly once) and weight sync.
+
+Two server processes: the session's `served` (shared with test_serve_*; never killed or re-weighted
+here) and this module's `spare`, which the fault tests kill -9 and restart and the sync tests re-weight.
+"""
 import asyncio
 import shutil
 import socket
 import time
 from collections import Counter
-from contextlib import contextmanager
 
 import jax
 import pytest
@@ -13,23 +16,41 @@ import pytest
 from rl.rollout import RolloutClient, RolloutError, SampleRequest, WeightSyncError, group_requests, wait_healthy
 from rl.rollout.embedded import EmbeddedServer
 from tests.rl.faults import FaultProxy
+from tests.rl.serve_helpers import API_KEY, SLOTS
 
 SAMPLING = {"max_new_tokens": 8, "temperature": 1.0, "ignore_eos": True}
 LONG = {"max_new_tokens": 40, "temperature": 1.0, "ignore_eos": True}  # still running when a fault strikes
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, shared by this module's server processes: the first start
-    compiles, the restarts load (about half the start time)."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+def client(urls, **options) -> RolloutClient:
+    return RolloutClient(urls, api_key=API_KEY, **options)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, compile_cache):
-    with EmbeddedServer(tiny_model_dir, env=compile_cache) as s:
-        yield s.url
+def server(served):
+    return served.url
+
+
+@pytest.fixture(scope="module")
+def spare(tiny_model_dir, tmp_path_factory):
+    """A second server on a fixed port (start() reuses it), with JAX's persistent compilation cache so
+    that a restart loads what the first start compiled."""
+    cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    s = EmbeddedServer(tiny_model_dir, extra_args=["--api-key", API_KEY, "--max-running-requests", str(SLOTS)],
+                       env=cache)
+    yield s
+    s.stop()
+
+
+def ensure_running(server):
+    if server.process is None or server.process.poll() is not None:
+        server.start()
+
+
+def kill(server):
+    server.process.kill()
+    server.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -54,29 +75,9 @@ def other_weights(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def spare(tiny_model_dir, compile_cache):
-    """A second server on a fixed port, which tests kill -9 and start again (start() reuses the port)."""
-    s = EmbeddedServer(tiny_model_dir, env=compile_cache)
-    yield s
-    s.stop()
-
-
-def ensure_running(server):
-    if server.process is None or server.process.poll() is not None:
-        server.start()
-
-
-def kill(server):
-    server.process.kill()
-    server.process.wait()
-
-
-def draw_all(client, requests):
+async def draw_all(c, requests):
     """as_completed, collected in arrival order."""
-    async def collect():
-        return [s async for s in client.as_completed(requests)]
-    return collect()
+    return [s async for s in c.as_completed(requests)]
 
 
 def assert_exactly_once(samples, requests):
@@ -91,39 +92,49 @@ def many(prompt, groups, n, sampling=SAMPLING, seed=0):
     return [r for g in range(groups) for r in group_requests(f"p{g}", prompt, n, sampling, seed + g)]
 
 
+def with_first(prompt, requests):
+    """A 2-token sample ahead of long ones: when it lands, the others are mid-generation."""
+    return [SampleRequest("first", 0, tuple(prompt), {"max_new_tokens": 2}, 1)] + requests
+
+
+# ---- records, groups, as_completed ----
+
 def test_a_sample_is_a_full_record_and_its_seed_reproduces_it(server, prompt):
     async def run():
-        async with RolloutClient(server) as client:
-            a = await client.sample(prompt, SAMPLING, seed=11, key="k")
-            b = await client.sample(prompt, SAMPLING, seed=11, key="k")  # same identity again, once a is done
-            c = await client.sample(prompt, SAMPLING, seed=12)
-            return a, b, c
-    a, b, c = asyncio.run(run())
+        await wait_healthy(server, timeout=30, api_key=API_KEY)
+        async with client(server) as c:
+            a = await c.sample(prompt, SAMPLING, seed=11, key="k")
+            b = await c.sample(prompt, SAMPLING, seed=11, key="k")  # the same identity again, once a is done
+            other = await c.sample(prompt, SAMPLING, seed=12)
+            return a, b, other
+    a, b, other = asyncio.run(run())
     assert (a.key, a.index, a.prompt_ids, a.server, a.attempts, a.seed) == ("k", 0, list(prompt), server, 1, 11)
     assert len(a.output_ids) == len(a.logprobs) == 8 and a.finish_reason == "length"
-    assert all(lp <= 0 for lp in a.logprobs) and a.latency > 0 and isinstance(a.weight_version, str)
+    assert all(lp <= 0 for lp in a.logprobs) and a.latency > 0 and a.weight_version == "default"
     assert (b.output_ids, b.logprobs) == (a.output_ids, a.logprobs)
-    assert c.output_ids != a.output_ids
+    assert other.output_ids != a.output_ids
 
 
 def test_groups_and_as_completed_return_every_sample_once(server, prompt):
-    requests = [SampleRequest("short", 0, tuple(prompt), {"max_new_tokens": 1}, 5)] + many(prompt, 2, 3, LONG)
+    requests = with_first(prompt, many(prompt, 2, 3, LONG))
 
     async def run():
-        async with RolloutClient(server, max_concurrency=4) as client:
-            group = await client.group(prompt, 4, SAMPLING, seed=3)
-            with_n = await client.group(prompt, 3, SAMPLING, seed=3, use_n=True)
-            arrived = [s async for s in client.as_completed(requests[1:] + requests[:1])]
+        async with client(server, max_concurrency=4) as c:
+            group = await c.group(prompt, 4, SAMPLING, seed=3)
+            with_n = await c.group(prompt, 3, SAMPLING, seed=3, use_n=True)
+            arrived = await draw_all(c, requests[1:] + requests[:1])  # "first" sent last, still lands early
             with pytest.raises(ValueError, match="requested twice"):
-                [s async for s in client.as_completed(requests[:1] * 2)]
+                await draw_all(c, requests[:1] * 2)
             return group, with_n, arrived
     group, with_n, arrived = asyncio.run(run())
     assert [s.index for s in group] == [0, 1, 2, 3] and len({s.seed for s in group}) == 4
-    assert len({tuple(s.output_ids) for s in group}) > 1  # own seeds: the group is not one sample 4 times
+    assert len({tuple(s.output_ids) for s in group}) == 4  # own seeds: not one sample four times
     assert [s.index for s in with_n] == [0, 1, 2] and all(len(s.output_ids) == 8 for s in with_n)
     assert_exactly_once(arrived, requests)
-    assert [s.identity for s in arrived].index(("short", 0)) < len(arrived) - 1  # graded as soon as it lands
+    assert [s.identity for s in arrived].index(("first", 0)) < len(arrived) - 1  # graded as soon as it lands
 
+
+# ---- faults through the proxy, against the shared server ----
 
 @pytest.mark.parametrize("fault", ["500", "drop"])
 def test_injected_500s_and_dropped_answers_are_retried_exactly_once(server, prompt, fault):
@@ -132,16 +143,16 @@ def test_injected_500s_and_dropped_answers_are_retried_exactly_once(server, prom
         proxy.inject(fault, count=3)
 
         async def run():
-            async with RolloutClient(proxy.url, retries=4, backoff=0.05) as client:
-                return await draw_all(client, requests)
+            async with client(proxy.url, retries=4, backoff=0.05) as c:
+                return await draw_all(c, requests)
         samples = asyncio.run(run())
         assert proxy.injected(fault) == 3 and proxy.pending == 0
     assert_exactly_once(samples, requests)
     assert sum(s.attempts - 1 for s in samples) == 3
 
     async def clean():  # a retried sample is the same sample: its seed decides it
-        async with RolloutClient(server) as client:
-            return await draw_all(client, requests)
+        async with client(server) as c:
+            return await draw_all(c, requests)
     expected = {s.identity: s.output_ids for s in asyncio.run(clean())}
     assert {s.identity: s.output_ids for s in samples} == expected
 
@@ -152,8 +163,8 @@ def test_an_answer_stalled_past_its_timeout_is_retried_once(server, prompt):
         proxy.inject("stall", seconds=8.0)
 
         async def run():
-            async with RolloutClient(proxy.url, timeout=4.0, backoff=0.05) as client:
-                return await draw_all(client, requests)
+            async with client(proxy.url, timeout=4.0, backoff=0.05) as c:
+                return await draw_all(c, requests)
         samples = asyncio.run(run())
         stalled = [s for s in proxy.seen if s.fault == "stall"]
         assert len(stalled) == 1
@@ -169,21 +180,20 @@ def test_concurrency_is_capped_and_the_api_key_is_sent(server, prompt):
     requests = many(prompt, 2, 3, LONG)
     with FaultProxy(server) as proxy:
         async def run():
-            await wait_healthy(proxy.url, timeout=30)
-            async with RolloutClient(proxy.url, max_concurrency=2, api_key="secret") as client:
-                return await draw_all(client, requests)
+            async with client(proxy.url, max_concurrency=2) as c:
+                return await draw_all(c, requests)
         samples = asyncio.run(run())
     assert_exactly_once(samples, requests)
     assert proxy.max_inflight == 2
-    assert {s.authorization for s in proxy.seen} == {"Bearer secret", ""}  # wait_healthy had no key
+    assert {s.authorization for s in proxy.seen} == {f"Bearer {API_KEY}"}
 
 
 def test_a_request_the_server_rejects_fails_at_once_naming_the_server(server, prompt):
     async def run():
-        async with RolloutClient(server, retries=5) as client:
+        async with client(server, retries=5) as c:
             start = time.monotonic()
             with pytest.raises(RolloutError, match="HTTP 400") as error:
-                await client.sample([10**9], SAMPLING, seed=0, key="bad")
+                await c.sample([10**9], SAMPLING, seed=0, key="bad")
             return error.value, time.monotonic() - start
     error, elapsed = asyncio.run(run())
     assert server in str(error) and "'bad'#0" in str(error)
@@ -196,9 +206,9 @@ def test_a_dead_server_exhausts_retries_with_a_clear_error(prompt):
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
 
     async def run():
-        async with RolloutClient(dead, retries=2, backoff=0.01) as client:
+        async with client(dead, retries=2, backoff=0.01) as c:
             with pytest.raises(RolloutError, match="gave up after 3 failed attempts") as error:
-                await client.sample(prompt, SAMPLING, seed=0, key="lost")
+                await c.sample(prompt, SAMPLING, seed=0, key="lost")
             with pytest.raises(TimeoutError, match=dead):
                 await wait_healthy(dead, timeout=0.5, interval=0.1)
             return error.value
@@ -206,33 +216,98 @@ def test_a_dead_server_exhausts_retries_with_a_clear_error(prompt):
     assert dead in str(error) and "'lost'#0" in str(error)
 
 
+# ---- a real server process killed -9 (the spare) ----
+
 def test_a_server_killed_mid_generation_and_restarted_loses_and_repeats_nothing(spare, prompt):
     ensure_running(spare)
-    requests = [SampleRequest("first", 0, tuple(prompt), {"max_new_tokens": 2}, 1)] + many(prompt, 2, 3, LONG)
+    requests = with_first(prompt, many(prompt, 2, 3, LONG))
 
     async def run():
         # retries enough to wait out the restart (tens of seconds on a busy machine)
-        async with RolloutClient(spare.url, retries=300, backoff=0.2, max_backoff=1.0) as client:
+        async with client(spare.url, retries=300, backoff=0.2, max_backoff=1.0) as c:
             arrived = []
-            async for s in client.as_completed(requests):
+            async for s in c.as_completed(requests):
                 arrived.append(s)
-                if len(arrived) == 1:  # the long ones are mid-generation now
+                if len(arrived) == 1:
                     kill(spare)
-                    await asyncio.get_running_loop().run_in_executor(None, spare.start)
+                    await asyncio.sleep(1.0)  # the others meet refused connections and back off
+                    # Restarted from this (main) thread, blocking the loop meanwhile: the server's
+                    # PR_SET_PDEATHSIG fires when the *thread* that started it exits, so a thread pool
+                    # would kill it again.
+                    spare.start()
             return arrived
     samples = asyncio.run(run())
     assert_exactly_once(samples, requests)
     assert any(s.attempts > 1 for s in samples)
 
 
-def test_two_servers_one_dies_and_the_other_finishes_everything(server, spare, prompt):
+# ---- weight sync (on the spare) ----
+
+def test_weight_sync_changes_greedy_outputs_and_the_reported_version(spare, prompt, tiny_model_dir, other_weights):
     ensure_running(spare)
-    requests = [SampleRequest("first", 0, tuple(prompt), {"max_new_tokens": 2}, 1)] + many(prompt, 3, 3, LONG)
+    greedy = {"max_new_tokens": 8, "temperature": 0.0}
 
     async def run():
-        async with RolloutClient([server, spare.url], retries=6, backoff=0.1) as client:
+        async with client(spare.url) as c:
+            before = await c.sample(prompt, greedy, seed=0)
+            assert await c.sync_weights(other_weights, 101) == {spare.url: "101"}
+            after = await c.sample(prompt, greedy, seed=0)
+            assert await c.sync_weights(tiny_model_dir, "102") == {spare.url: "102"}
+            back = await c.sample(prompt, greedy, seed=0)
+            return before, after, back, c.weight_version
+    before, after, back, version = asyncio.run(run())
+    assert after.weight_version == "101" and back.weight_version == "102" == version
+    assert after.output_ids != before.output_ids
+    assert back.output_ids == before.output_ids and back.logprobs == pytest.approx(before.logprobs, abs=1e-4)
+
+
+def test_a_sync_during_generation_resubmits_the_aborted_samples(spare, prompt, other_weights, tiny_model_dir):
+    ensure_running(spare)
+    requests = with_first(prompt, many(prompt, 2, 3, LONG))
+
+    async def run():
+        async with client(spare.url) as c:
             arrived = []
-            async for s in client.as_completed(requests):
+            async for s in c.as_completed(requests):
+                arrived.append(s)
+                if len(arrived) == 1:
+                    await c.sync_weights(other_weights, "201")
+            await c.sync_weights(tiny_model_dir, "202")
+            return arrived
+    samples = asyncio.run(run())
+    assert_exactly_once(samples, requests)
+    resubmitted = [s for s in samples if s.attempts > 1]
+    assert resubmitted and all(s.weight_version == "201" for s in resubmitted)
+
+
+def test_a_bad_folder_fails_the_sync_naming_the_server_and_old_weights_keep_serving(spare, prompt, tmp_path):
+    ensure_running(spare)
+    (tmp_path / "config.json").write_text("{}")
+
+    async def run():
+        async with client(spare.url) as c:
+            before = await c.sample(prompt, SAMPLING, seed=4)
+            with pytest.raises(WeightSyncError) as error:
+                await c.sync_weights(tmp_path, "999")
+            after = await c.sample(prompt, SAMPLING, seed=4)
+            return before, after, error.value
+    before, after, error = asyncio.run(run())
+    assert list(error.failures) == [spare.url] and spare.url in str(error) and "999" in str(error)
+    assert "update_weights_from_disk refused" in error.failures[spare.url]
+    assert after.weight_version == before.weight_version != "999"
+    assert after.output_ids == before.output_ids
+
+
+# ---- last: the spare dies for good ----
+
+def test_two_servers_one_dies_and_the_other_finishes_everything(server, spare, prompt):
+    ensure_running(spare)
+    requests = with_first(prompt, many(prompt, 3, 3, LONG))
+
+    async def run():
+        async with client([server, spare.url], retries=6, backoff=0.1) as c:
+            arrived = []
+            async for s in c.as_completed(requests):
                 arrived.append(s)
                 if len(arrived) == 1:
                     kill(spare)
@@ -241,55 +316,3 @@ def test_two_servers_one_dies_and_the_other_finishes_everything(server, spare, p
     assert_exactly_once(samples, requests)
     moved = [s for s in samples if s.attempts > 1]
     assert moved and all(s.server == server for s in moved)
-
-
-def test_weight_sync_changes_greedy_outputs_and_the_reported_version(server, prompt, tiny_model_dir, other_weights):
-    greedy = {"max_new_tokens": 8, "temperature": 0.0}
-
-    async def run():
-        async with RolloutClient(server) as client:
-            before = await client.sample(prompt, greedy, seed=0)
-            assert await client.sync_weights(other_weights, 101) == {server: "101"}
-            after = await client.sample(prompt, greedy, seed=0)
-            assert await client.sync_weights(tiny_model_dir, "102") == {server: "102"}
-            back = await client.sample(prompt, greedy, seed=0)
-            return before, after, back, client.weight_version
-    before, after, back, version = asyncio.run(run())
-    assert after.weight_version == "101" and back.weight_version == "102" == version
-    assert after.output_ids != before.output_ids
-    assert back.output_ids == before.output_ids and back.logprobs == pytest.approx(before.logprobs, abs=1e-4)
-
-
-def test_a_sync_during_generation_resubmits_the_aborted_samples(server, prompt, other_weights, tiny_model_dir):
-    requests = [SampleRequest("first", 0, tuple(prompt), {"max_new_tokens": 2}, 1)] + many(prompt, 2, 3, LONG)
-
-    async def run():
-        async with RolloutClient(server) as client:
-            arrived = []
-            async for s in client.as_completed(requests):
-                arrived.append(s)
-                if len(arrived) == 1:
-                    await client.sync_weights(other_weights, "201")
-            await client.sync_weights(tiny_model_dir, "202")
-            return arrived
-    samples = asyncio.run(run())
-    assert_exactly_once(samples, requests)
-    resubmitted = [s for s in samples if s.attempts > 1]
-    assert resubmitted and all(s.weight_version == "201" for s in resubmitted)
-
-
-def test_a_bad_folder_fails_the_sync_naming_the_server_and_old_weights_keep_serving(server, prompt, tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-
-    async def run():
-        async with RolloutClient(server) as client:
-            before = await client.sample(prompt, SAMPLING, seed=4)
-            with pytest.raises(WeightSyncError) as error:
-                await client.sync_weights(tmp_path, "999")
-            after = await client.sample(prompt, SAMPLING, seed=4)
-            return before, after, error.value
-    before, after, error = asyncio.run(run())
-    assert list(error.failures) == [server] and server in str(error) and "999" in str(error)
-    assert "update_weights_from_disk refused" in error.failures[server]
-    assert after.weight_version == before.weight_version != "999"
-    assert after.output_ids == before.output_ids

@@ -65,9 +65,14 @@ def test_chat_uses_the_template_with_logprobs_n_and_streaming(served, client):
 
 
 def test_probe_is_cheap_while_every_slot_is_busy(served, client):
+    probes = (lambda: client.completions.create(model="tiny", prompt="hi", max_tokens=1),
+              lambda: client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=1))
+    for probe in probes:  # Atropos probes from the start: their programs are compiled before the load
+        probe()
     box = {}
     group = {"input_ids": PROMPT, "rid": "busy",
-             "sampling_params": {"n": SLOTS + 2, "max_new_tokens": 3000, "temperature": 1.0, "ignore_eos": True}}
+             "sampling_params": {"n": SLOTS + 2, "max_new_tokens": 1000, "temperature": 1.0, "ignore_eos": True}}
     thread = threading.Thread(target=lambda: box.setdefault("answer", served.generate(group)), daemon=True)
     thread.start()
     try:
@@ -75,13 +80,10 @@ def test_probe_is_cheap_while_every_slot_is_busy(served, client):
         while served.http.get("/get_server_info").json()["internal_states"][0]["pending_requests"] < SLOTS + 2:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        for create in (lambda: client.completions.create(model="tiny", prompt="hi", max_tokens=1),
-                       lambda: client.chat.completions.create(model="tiny", messages=[{"role": "user",
-                                                                                       "content": "hi"}],
-                                                              max_tokens=1)):
-            start = time.monotonic()
-            assert create().usage.completion_tokens == 1
-            assert time.monotonic() - start < 10 and thread.is_alive()  # answered while the group runs
+        for probe in probes:
+            assert probe().usage.completion_tokens == 1
+            # answered while the group runs: it did not wait for a slot (one frees after 1000 steps)
+            assert thread.is_alive()
     finally:
         served.post("/abort_request", {"rid": "busy"})
         thread.join(60)

@@ -82,3 +82,17 @@ def test_build_writes_a_loadable_folder_whose_warm_start_lowers_the_loss(tmp_pat
     assert cfg.vocab_size == len(tokenizer) and tokenizer.chat_template
     losses = json.loads((out / "warmstart.json").read_text())["losses"]
     assert len(losses) == 12 and np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_cli_regenerates_the_shipped_files_and_refuses_bad_arguments(tmp_path, shipped, capsys):
+    from rl.tiny.__main__ import main
+
+    assert main(["problems", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "train.jsonl").read_text() == TRAIN_FILE.read_text()
+    assert (tmp_path / "heldout.jsonl").read_text() == HELDOUT_FILE.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "--out", str(tmp_path / "m"), "--steps", "0"])
+    assert exit_info.value.code == 2 and "--steps" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
+    assert main(["build", "--out", str(tmp_path / "m"), "--train", str(tmp_path / "bad.jsonl")]) == 2
+    assert "bad.jsonl:1: missing ['solution', 'tests']" in capsys.readouterr().err

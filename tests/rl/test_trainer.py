@@ -111,3 +111,20 @@ def test_pack_rejects_bad_samples():
         packing.pack(bad)
     with pytest.raises(ValueError, match="more than row_len=4"):
         packing.pack(good, row_len=4)
+
+
+def test_pack_shapes_are_bucketed_and_shardable():
+    assert [packing.bucket(n) for n in (1, 5, 9, 17, 100, 513)] == [1, 5, 10, 20, 112, 640]
+    assert packing.bucket(5, multiple=4) == 8
+    batch = packing.pack(samples(13), micro_batches=2, pack=False, shards=4)
+    shape = batch.shape
+    assert shape["rows"] % 4 == 0 and shape["sequences"] % 4 == 0 and shape["micro"] == 2
+    # Every rollout's response lands exactly once, where the loss view points.
+    gathered = []
+    for m in range(2):
+        flat = batch.tokens[0, m].reshape(-1)
+        for n in range(shape["sequences"]):
+            k = batch.mask[0, m, n].sum()
+            if k:
+                gathered.append(tuple(flat[batch.index[0, m, n, :k]]))
+    assert sorted(gathered) == sorted(tuple(s.response) for s in samples(13))

@@ -7,10 +7,10 @@ import textwrap
 from sandbox import Verdict, rootfs
 from sandbox_helpers import assert_untouched, stdin_problem
 
-# Modules that cannot import here whatever the sandbox does: Windows-only, and the GUI ones
-# (Tk's shared libraries are not offered).
+# Modules that cannot import here whatever the sandbox does: Windows-only, the GUI ones (Tk's
+# shared libraries are not offered) and the deprecated NIS client `nis` (nor its Kerberos ones).
 UNAVAILABLE = {"msilib", "msvcrt", "nt", "winreg", "winsound", "tkinter", "turtle", "turtledemo",
-               "idlelib"}
+               "idlelib", "nis"}
 
 
 def _stderr_of(pool, code, stdin="", **options):
