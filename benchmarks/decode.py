@@ -41,6 +41,8 @@ def parse_args(argv=None):
                    help="timed runs per side, interleaved across sides; the best is reported")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (1 is timed too)")
     p.add_argument("--quick", action="store_true", help="small model, 32 new tokens")
+    p.add_argument("--steps-only", action="store_true",
+                   help="only time one decode step, scanned layers against the unrolled loop (no transformers)")
     return p.parse_args(argv)
 
 
@@ -67,6 +69,41 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> tuple[float, str]:
     name = max(rates, key=rates.get)
     detail = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in rates.items())
     return rates[name], f"{name} of {gib:g} GiB ({detail} GB/s)"
+
+
+def step_scan_vs_unrolled(params, cfg, B: int, S: int, repeats: int) -> None:
+    """One KV-cache decode step through `hidden_states` (lax.scan over stacked layers, as training
+    runs) against `models.decode` (layers sliced once, loop unrolled), timed interleaved."""
+    from models.decode import hidden_states_unrolled, split_cache, unstack_layers
+    from models.transformer import hidden_states, init_cache, unembedding
+
+    tokens, valid, pos = jnp.ones((B, 1), jnp.int32), jnp.ones((B, S), jnp.int32), jnp.full((B, 1), S // 2)
+
+    def logits(forward):  # the step's whole read: every layer, then the unembedding
+        def step(weights, cache):
+            h_B1D, cache = forward(weights, cfg, tokens, valid, pos, cache, S // 2)
+            return jnp.einsum("BD,VD->BV", h_B1D[:, 0], unembedding(weights, cfg)), cache
+        return jax.jit(step, donate_argnums=1)
+
+    scan, unrolled = logits(hidden_states), logits(hidden_states_unrolled)
+    state = {"scan": (params, init_cache(cfg, B, S)),
+             "unrolled": (jax.jit(unstack_layers)(params), split_cache(init_cache(cfg, B, S)))}
+    fns = {"scan": scan, "unrolled": unrolled}
+    times = {name: [] for name in fns}
+    for i in range(repeats + 2):
+        for name, fn in fns.items():
+            weights, cache = state[name]
+            t0 = time.perf_counter()
+            h, cache = fn(weights, cache)
+            h.block_until_ready()
+            state[name] = (weights, cache)
+            if i >= 2:  # the first two calls compile and warm up
+                times[name].append(time.perf_counter() - t0)
+    best = {name: min(t) for name, t in times.items()}
+    print(f"one decode step, batch {B}, cache {S}: scan {best['scan'] * 1e3:.1f} ms, unrolled "
+          f"{best['unrolled'] * 1e3:.1f} ms (best of {repeats}, interleaved): unrolled is "
+          f"{best['scan'] / best['unrolled']:.2f}x faster")
+    return best
 
 
 def main(argv=None) -> None:
@@ -107,6 +144,10 @@ def main(argv=None) -> None:
     print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s, best of {how}")
     print(f"weights streamed per decode step: {step_bytes / 1e6:.0f} MB -> {limit * 1e3:.1f} ms per step at that "
           "bandwidth (the decode limit)")
+    best = step_scan_vs_unrolled(params, cfg, B, T + N, max(args.repeats, 5))
+    print(f"step / limit: scan {best['scan'] / limit:.2f}, unrolled {best['unrolled'] / limit:.2f}")
+    if args.steps_only:
+        return
 
     # On a busy machine torch's spinning thread pool can be far slower with more threads than cores
     # are free, so transformers is also timed single-threaded and the faster of the two is the baseline.

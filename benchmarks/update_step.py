@@ -11,8 +11,8 @@ side, on the ~100M benchmark model; then what sequence packing saves on mixed-le
 2. Packing at full scale (no model run): the padding fraction of a realistic RL batch, 256 rollouts
    (32 prompts x 8) with 100-1,000 prompt tokens and log-uniform 200-40,000 response tokens, 15% cut
    at the 40,000 limit: one rollout per 41,000-token row versus packed into such rows.
-3. Packing measured: the update on 16 rollouts of 32-1,024 tokens, padded versus packed into
-   1,024-token rows: real tokens per second of each, and the ratio.
+3. Packing measured: the update on 16 rollouts of 32-1,024 tokens (blockwise attention, full remat),
+   padded versus packed into 1,024-token rows: real tokens per second of each, and the ratio.
 
     .venv/bin/python -m benchmarks.update_step            # ~100M Qwen3, all three parts
     .venv/bin/python -m benchmarks.update_step --quick    # a small config, a smoke test
@@ -152,12 +152,15 @@ def packing_measured(args, hf, cfg, params) -> None:
 
     from rl.packing import padding_fraction
     rng = np.random.default_rng(args.seed + 1)
-    row = 4 * args.seq_len // 2 if args.quick else 1024
+    row = 2 * args.seq_len if args.quick else 1024
     total = rng.integers(row // 32, row + 1, 16)
     prompt = np.minimum(rng.integers(16, 129, 16), total // 2)
     samples = rollouts(rng, hf["vocab_size"], prompt, total - prompt)
     real = int(total.sum())
     print(f"\npacking measured: 16 rollouts of {total.min()}-{total.max()} tokens ({real:,} in all), rows of {row}")
+    # Long-context settings, as the experiments run them: blockwise attention (which skips the key
+    # tiles of other segments) and full remat; reference attention's [T, S] scores per layer do not fit.
+    cfg = cfg.replace(attention="blockwise", attention_block=128, remat="full")
     results = {}
     for name, pack in (("padded", False), ("packed", True)):
         tr = trainer(cfg, 1, pack=pack, row_len=row if pack else 0)

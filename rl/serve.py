@@ -18,7 +18,8 @@ ENGINES = ("embedded", "sglang")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m rl.serve", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="--engine sglang takes its own options: python -m rl.serve --engine sglang --help")
+                                epilog="--engine sglang takes its own options: "
+                                       "python -m rl.serve --engine sglang --help")
     p.add_argument("--engine", choices=ENGINES, default="embedded",
                    help="embedded: coderl's JAX server (CPU or GPU); sglang: launch real SGLang")
     p.add_argument("--model", "--model-path", dest="model", required=True,
@@ -41,7 +42,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    which, rest = argparse.ArgumentParser(add_help=False), None
+    which = argparse.ArgumentParser(add_help=False)
     which.add_argument("--engine", choices=ENGINES, default="embedded")
     known, rest = which.parse_known_args(argv)
     if known.engine == "sglang":

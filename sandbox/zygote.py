@@ -28,7 +28,7 @@ import types
 
 from . import ipc, rootfs, seccomp_filter
 from . import lcb_exact as lcb_exact_mode
-from .child import Job, prepare_zygote, run
+from .child import Job, global_names, prepare_zygote, run
 from .linux import (CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, MNT_DETACH, MS_NODEV,
                     MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC, PR_SET_PDEATHSIG, check, libc)
 
@@ -149,6 +149,7 @@ class Zygote:
             self.base = tempfile.mkdtemp(prefix="coderl-sbx-")
             os.chmod(self.base, 0o711)
         self.code = None
+        self.names = frozenset()  # the code's global names (child.global_names)
         self.fn_name = None
         self.solution_class = False
         self.counter = 0
@@ -219,6 +220,7 @@ class Zygote:
         or out of memory). Past the time limit the server dies of SIGALRM (a compile cannot be
         interrupted otherwise) and the zygote reports it (serve)."""
         self.code = None
+        self.names = frozenset()
         self.fn_name = fn_name
         if lcb_exact:  # the program text lcb_runner compiles
             code = lcb_exact_mode.transform(code, fn_name is not None)
@@ -232,6 +234,7 @@ class Zygote:
         start = time.monotonic()
         try:
             self.code = compile(code, "solution.py", "exec", dont_inherit=True)
+            self.names = global_names(self.code)
             reply = {"ok": True}
         except MemoryError:
             reply = {"memory_error": "MemoryError while compiling"}
@@ -303,7 +306,8 @@ class Zygote:
         ready_r, ready_w = os.pipe()
         job = Job(self.code, self.fn_name, self.solution_class, stdin if call else bytearray(),
                   time_limit, memory_bytes, output_cap, max_threads, self.uid, root,
-                  self.isolation["chroot"], os.getpid(), self.bpf, self.modules, exact, deadline)
+                  self.isolation["chroot"], os.getpid(), self.bpf, self.modules, exact, deadline,
+                  self.names)
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:

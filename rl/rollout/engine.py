@@ -171,7 +171,8 @@ class Engine:
         tokens = np.zeros((1, bucket(len(ids))), np.int32)
         tokens[0, :len(ids)] = ids
         scale = 1.0 if temperature < GREEDY_BELOW else temperature
-        return jax.device_get(_prompt_logprobs(self._weights, tokens, np.float32(scale), cfg=self.cfg))[:len(ids) - 1].tolist()
+        logprobs = _prompt_logprobs(self._weights, tokens, np.float32(scale), cfg=self.cfg)
+        return jax.device_get(logprobs)[:len(ids) - 1].tolist()
 
     def close(self) -> None:
         with self._cond:
@@ -219,7 +220,8 @@ class Engine:
         running = any(r is not None for r in self._rows)
         aborted = any(r.aborted for r in list(self._waiting) + [r for r in self._rows if r is not None])
         admissible = self._waiting and None in self._rows
-        return self._new_weights is not None or self._retract or aborted or (not self._paused and (running or admissible))
+        return (self._new_weights is not None or self._retract or aborted
+                or (not self._paused and (running or admissible)))
 
     def _take_aborted(self) -> list[Request]:
         out = [r for r in self._waiting if r.aborted]
@@ -457,7 +459,8 @@ def _prompt_logprobs(weights, tokens_1P, temperature, *, cfg):
     h_1PD, _ = hidden_states_unrolled(weights, cfg, tokens_1P, jnp.ones_like(tokens_1P), jnp.arange(P)[None],
                                       init_layer_caches(cfg, 1, P), 0)
     # log_softmax(h W^T / t) = log_softmax((h / t) W^T): one compiled program for every temperature.
-    return chunked_logprobs(h_1PD[0, :-1] / temperature.astype(h_1PD.dtype), unembedding(weights, cfg), tokens_1P[0, 1:])
+    return chunked_logprobs(h_1PD[0, :-1] / temperature.astype(h_1PD.dtype), unembedding(weights, cfg),
+                            tokens_1P[0, 1:])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sample", "filtering", "top_n"), donate_argnums=1)

@@ -107,9 +107,10 @@ def refuse_unsupported(d: dict, neutral: dict[str, Any], field: str) -> None:
     """Fields this server does not implement are accepted only at their neutral value."""
     for key, value in neutral.items():
         x = d.get(key)
-        if x is not None and x != value and not (isinstance(value, tuple) and x in value):
+        allowed = value if isinstance(value, tuple) else (value,)
+        if x is not None and x not in allowed:
             raise RequestError(f"{field}{key}", f"{json.dumps(x)} is not supported by the embedded server "
-                                                f"(only {json.dumps(value if not isinstance(value, tuple) else value[0])})")
+                                                f"(only {json.dumps(allowed[0])})")
 
 
 # ---- sampling -----------------------------------------------------------------------------------------

@@ -53,11 +53,14 @@ input = lambda: sys.stdin.readline().rstrip("\\r\\n")
 @pytest.mark.parametrize("code", [
     "import sys\nsys.stdout = open(1, 'w')\n" + READ + "print(a + b)\n",
     "import os\nw = os.fdopen(1, 'w')\n" + READ + "w.write(f'{a + b}\\n')\n",
+    "import os\ndef main():\n    global w\n    w = os.fdopen(1, 'w')\n    " + READ
+    + "    w.write(f'{a + b}\\n')\nmain()\n",
     "import io, sys\nsys.stdout = io.TextIOWrapper(sys.stdout.buffer)\n" + READ + "print(a + b)\n",
     FASTIO + READ + "print(a + b)\n",
     # The original stream's own pending text still comes out too.
     "import sys\nprint(3, end='')\nsys.stdout = open(1, 'w')\n" + READ + "print()\n",
-], ids=["open-fd-1", "fdopen-global", "textiowrapper", "pyrival-fastio", "mixed"])
+], ids=["open-fd-1", "fdopen-global", "fdopen-global-in-function", "textiowrapper",
+        "pyrival-fastio", "mixed"])
 def test_replaced_stdout_is_flushed_at_exit(pool, code):
     result = pool.grade(stdin_problem([("1 2\n", "3"), ("10 -7\n", "3")]), code, all_tests=True)
     assert result.verdict is AC, result
