@@ -44,7 +44,16 @@ class Rollout:
 
     @property
     def version(self) -> int:
-        return int(self.sample.weight_version or 0)
+        """The weight version that produced it (-1 when the server reports none: counts as stale)."""
+        v = self.sample.weight_version
+        return int(v) if v.isdigit() else -1
+
+    def to_json(self, record) -> dict:
+        """One line of rollouts/step_N.jsonl."""
+        s = self.sample
+        return {"problem": record.id, "reward": self.reward, "verdict": self.score.verdict,
+                "finish_reason": s.finish_reason, "length": len(s.output_ids), "weight_version": s.weight_version,
+                "text": self.text}
 
 
 async def sample_and_grade(client: RolloutClient, pool: SandboxPool, tokenizer, problem: int, record,
@@ -61,6 +70,7 @@ async def sample_and_grade(client: RolloutClient, pool: SandboxPool, tokenizer, 
 @dataclasses.dataclass
 class Collected:
     groups: list[list[Rollout]]  # each of size n, with a reward signal when dynamic sampling is on
+    sampled: list[Rollout]       # every rollout drawn, kept or not
     stats: dict
 
 
@@ -75,6 +85,7 @@ async def collect(draw: Callable[[int], list[int]], sample: Callable[[int, int],
     """
     start = time.perf_counter()
     kept: list[list[Rollout]] = []
+    sampled: list[Rollout] = []
     drops = collections.Counter()
     counter = 0
     rounds = 0
@@ -96,6 +107,7 @@ async def collect(draw: Callable[[int], list[int]], sample: Callable[[int, int],
             generated, graded = max(generated, r.generated_at), max(graded, r.graded_at)
             members[j].append(r)
         for group in members:
+            sampled.extend(group)
             group.sort(key=lambda r: r.sample.index)
             if any(r.version < min_version for r in group):
                 drops["stale"] += 1
@@ -109,12 +121,11 @@ async def collect(draw: Callable[[int], list[int]], sample: Callable[[int, int],
              # Grading still running after the last completion arrived: ~0 when pipelining works.
              "time/generate": generated - start, "time/verify_wait": max(graded - generated, 0.0)}
     stats.update({f"groups/dropped_{k}": v for k, v in drops.items()})
-    return Collected(kept, stats)
+    return Collected(kept, sampled, stats)
 
 
-def summarize(groups: Sequence[Sequence[Rollout]]) -> dict:
-    """Per-step rollout metrics: rewards, pass and format-failure rates, lengths, truncation, staleness."""
-    rollouts = [r for g in groups for r in g]
+def summarize(rollouts: Sequence[Rollout]) -> dict:
+    """Per-step rollout metrics: rewards, pass and format-failure rates, lengths, truncation."""
     if not rollouts:
         return {}
     n = len(rollouts)

@@ -60,16 +60,15 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
     if restored:
         state, extra = restored
         stream.restore(extra["data"])
-        best = extra.get("best", {})
+        step, version, best = extra["step"], extra["weight_version"], extra.get("best", {})
         if trainer.uses_reference:
             trainer.set_reference(_initial_params(exp, cfg, mesh))
-        say(f"resumed from step {int(jax.device_get(state.step))} ({ckpt.directory})")
+        say(f"resumed at step {step} from {ckpt.directory}")
     else:
-        state, best = trainer.init_state(_initial_params(exp, cfg, mesh)), {}
-    step = int(jax.device_get(state.step))
+        state, step, version, best = trainer.init_state(_initial_params(exp, cfg, mesh)), 0, 0, {}
     logger = metrics.RunLogger(run_dir, resume_step=step)
     exports = run_dir / "export"
-    current = trainer.export(state, exports, step)
+    current = trainer.export(state, exports, version)
 
     settings = RewardSettings.from_experiment(exp)
     stop_ids = sorted({i for i in (tokenizer.eos_token_id, *_eos_ids(cfg)) if i is not None})
@@ -85,7 +84,7 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
         client = await stack.enter_async_context(RolloutClient(urls, max_concurrency=exp.rollout.max_concurrency))
         pool = stack.enter_context(SandboxPool(exp.sandbox.workers or None))
         # Servers may hold other weights (a crash, another run): push ours before the first rollout.
-        await client.sync_weights(current, step)
+        await client.sync_weights(current, version)
 
         def sampler(problems, sampling, key):
             async def sample(p: int, index: int) -> groups.Rollout:
@@ -105,62 +104,66 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
                 settings=settings, seed=exp.seed + at, out_dir=run_dir / "eval" / f"step_{at:06d}", progress=False)
             return {**evaluation.metrics(result, prefix="eval/"), "time/eval": time.perf_counter() - t0}
 
-        def collect(at: int, version: int):
-            """Rollouts for step `at`, from weights `version` or newer (the staleness bound)."""
+        def collect(at: int, train_version: int):
+            """Rollouts for step `at`, to be trained on by weights `train_version` (the staleness bound)."""
             sampling = dict(max_new_tokens=exp.rollout.max_response_tokens_at(at), stop_token_ids=stop_ids,
                             temperature=exp.rollout.temperature, top_p=exp.rollout.top_p)
-            return groups.collect(stream.take, sampler(train.prompts, sampling, f"step{at}"),
-                                  groups_needed=exp.batch.prompts_per_step, group_size=exp.rollout.group_size,
-                                  dynamic=exp.rollout.dynamic_sampling, max_rounds=exp.rollout.max_refill_rounds,
-                                  min_version=version - exp.rollout.max_staleness)
+            return asyncio.ensure_future(groups.collect(
+                stream.take, sampler(train.prompts, sampling, f"step{at}"),
+                groups_needed=exp.batch.prompts_per_step, group_size=exp.rollout.group_size,
+                dynamic=exp.rollout.dynamic_sampling, max_rounds=exp.rollout.max_refill_rounds,
+                min_version=train_version - exp.rollout.max_staleness))
 
         if step == 0 and held_out.prompts:
             say("held-out evaluation before RL ...")
             row = logger.log(0, await held_out_eval(0))
-            best = {"step": 0, "pass@1": row.get("eval/pass@1")}
-            say(f"held-out pass@1 before RL: {row.get('eval/pass@1', float('nan')):.3f}")
+            best = {"step": 0, "pass@1": row["eval/pass@1"]}
+            say(f"held-out pass@1 before RL: {row['eval/pass@1']:.3f}")
 
-        position = stream.position()
-        pending = asyncio.ensure_future(collect(step, step))
+        position = stream.position()  # a resume redraws from here: in-flight rollouts are not saved
+        pending = collect(step, version)
         bar = tqdm(total=exp.schedule.steps, initial=step, desc=exp.name, unit="step", dynamic_ncols=True)
         while step < exp.schedule.steps:
             t_step = time.perf_counter()
             collected = await pending
-            # Rollouts -> rewards -> advantages -> the update's arrays.
-            batch, rollout_stats = _batch(exp, trainer, collected, step)
-            position = stream.position()  # a resume redraws from here: in-flight rollouts are not saved
+            _save_rollouts(run_dir, step + 1, collected.sampled, train.prompts)
+            position = stream.position()
             one_step_off = exp.rollout.max_staleness >= 1 and step + 1 < exp.schedule.steps
             if one_step_off:  # the next batch is generated with the current weights while this one trains
-                pending = asyncio.ensure_future(collect(step + 1, step))
+                pending = collect(step + 1, version + 1)
+            # Rewards -> advantages -> the sharded update. A step where dynamic sampling kept no group
+            # changes nothing (an empty AdamW step would still move the weights by momentum and decay).
+            row = {**groups.summarize(collected.sampled), **collected.stats}
             t0 = time.perf_counter()
-            state, update_metrics = await asyncio.to_thread(trainer.update, state, batch)
-            update_metrics = jax.device_get(update_metrics)
-            train_s = time.perf_counter() - t0
+            if collected.groups:
+                batch, batch_stats = _batch(exp, trainer, collected, version)
+                state, update_metrics = await asyncio.to_thread(trainer.update, state, batch)
+                row.update(batch_stats, **_update_row(jax.device_get(update_metrics)))
+                version += 1
+            row["time/train"] = time.perf_counter() - t0
             step += 1
             if one_step_off:
                 await asyncio.shield(pending)  # slime's order: finish the generation, then push weights
-            # Weights back to the servers; old exports go only after every server confirmed the new one.
-            t0 = time.perf_counter()
-            current = trainer.export(state, exports, step)
-            await client.sync_weights(current, step)
-            _prune_exports(exports, keep=current)
-            sync_s = time.perf_counter() - t0
+            if current.name != f"step_{version:06d}":
+                # Weights back to the servers; old exports go only after every server confirmed.
+                t0 = time.perf_counter()
+                current = trainer.export(state, exports, version)
+                await client.sync_weights(current, version)
+                _prune_exports(exports, keep=current)
+                row["time/sync"] = time.perf_counter() - t0
             if not one_step_off and step < exp.schedule.steps:
-                pending = asyncio.ensure_future(collect(step, step))
-
-            row = {**rollout_stats, **collected.stats, **{f"loss/{k}": v for k, v in update_metrics.items()
-                                                            if k not in ("grad_norm", "lr")},
-                   "optim/grad_norm": update_metrics.get("grad_norm"), "optim/lr": update_metrics.get("lr"),
-                   "time/train": train_s, "time/sync": sync_s, "weight_version": step,
-                   "perf/tokens_per_s": rollout_stats["perf/tokens"] / max(train_s, 1e-9)}
+                pending = collect(step, version)
+            row["weight_version"] = version
             if held_out.prompts and (step % exp.schedule.eval_every == 0 or step == exp.schedule.steps):
                 row.update(await held_out_eval(step))
                 if best.get("pass@1") is None or row["eval/pass@1"] > best["pass@1"]:
                     best = {"step": step, "pass@1": row["eval/pass@1"]}
                     _keep_best(run_dir, current, best)
             if step % exp.schedule.checkpoint_every == 0 or step == exp.schedule.steps:
-                ckpt.save(state, {"data": position, "weight_version": step, "best": best})
+                ckpt.save(state, {"step": step, "data": position, "weight_version": version, "best": best},
+                          step=step)
             row["time/step"] = time.perf_counter() - t_step
+            row["perf/tokens_per_s"] = row.get("perf/train_tokens", 0) / row["time/step"]
             row = logger.log(step, row)
             bar.update(1)
             bar.write(metrics.headline(row))
@@ -170,26 +173,35 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
     return _summary(logger.history, run_dir, best)
 
 
-def _batch(exp: Experiment, trainer: Trainer, collected: groups.Collected, step: int):
-    """Advantages per group, overlong handling by the objective, and the packed arrays of one update.
+def _update_row(m: dict) -> dict:
+    """The trainer's metrics under the names runs are compared by."""
+    row = {f"loss/{k}": v for k, v in m.items() if k not in ("grad_norm", "lr")}
+    return {**row, "optim/grad_norm": m.get("grad_norm"), "optim/lr": m.get("lr")}
+
+
+def _save_rollouts(run_dir: Path, step: int, rollouts, problems, cap: int = 64) -> None:
+    """A few of the step's completions with their verdicts, to read what the policy writes."""
+    out = run_dir / "rollouts"
+    out.mkdir(exist_ok=True)
+    lines = [json.dumps(r.to_json(problems[r.problem][0])) + "\n" for r in rollouts[:cap]]
+    (out / f"step_{step:06d}.jsonl").write_text("".join(lines))
+
+
+def _batch(exp: Experiment, trainer: Trainer, collected: groups.Collected, version: int):
+    """Advantages per group and the packed arrays of one update (the objective handles overlong).
 
     Groups missing after the refill cap are empty rows (no tokens), so the update keeps its shape."""
     rollouts = [r for g in collected.groups for r in g]
     n = exp.rollout.group_size
-    samples = []
-    if rollouts:
-        rewards = np.array([r.reward for r in rollouts], np.float32)
-        a = exp.advantages
-        adv = np.asarray(compute_advantages(rewards, n, normalize_std=a.normalize_std, ddof=a.ddof, eps=a.eps))
-        for r, adv_i in zip(rollouts, adv):
-            samples.append(packing.Sample(r.sample.prompt_ids, r.sample.output_ids, r.sample.logprobs,
-                                          float(adv_i), r.truncated))
-    missing = exp.batch.prompts_per_step * n - len(samples)
-    samples += [packing.Sample([0], [], [], 0.0, False)] * missing
-    versions = [r.version for r in rollouts] or [step]
-    stats = {**groups.summarize(collected.groups), "staleness/mean": step - float(np.mean(versions)),
-             "staleness/max": step - min(versions), "perf/tokens": sum(len(s.prompt) + len(s.response) for s in samples)}
-    return trainer.pack(samples), stats
+    a = exp.advantages
+    rewards = np.array([r.reward for r in rollouts], np.float32)
+    adv = np.asarray(compute_advantages(rewards, n, normalize_std=a.normalize_std, ddof=a.ddof, eps=a.eps))
+    samples = [packing.Sample(r.sample.prompt_ids, r.sample.output_ids, r.sample.logprobs, float(adv_i),
+                              r.truncated) for r, adv_i in zip(rollouts, adv)]
+    samples += [packing.Sample([0], [], [], 0.0, False)] * (exp.batch.prompts_per_step * n - len(samples))
+    staleness = [version - r.version for r in rollouts]
+    return trainer.pack(samples), {"staleness/mean": float(np.mean(staleness)), "staleness/max": max(staleness),
+                                   "perf/train_tokens": sum(len(s.prompt) + len(s.response) for s in samples)}
 
 
 def _initial_params(exp: Experiment, cfg, mesh):

@@ -13,7 +13,7 @@ from models.hf_io import save_hf
 from models.tokenizer import PAD
 from models.weights import init_params
 from rl.tiny.model import encode_pair, tiny_config, train_tokenizer
-from rl.tiny.tasks import TRAIN_FILE, read_jsonl
+from rl.tiny.tasks import TRAIN_FILE, demonstrations, read_jsonl
 from rl.tiny.warmstart import warm_start
 
 
@@ -48,7 +48,7 @@ def build(out_dir: str | Path, seed: int = 0, settings: BuildSettings = BuildSet
     n_params = sum(x.size for x in jax.tree.leaves(params))
     say(f"tiny Qwen3: {settings.layers} layers, hidden {config.hidden_size}, vocabulary {config.vocab_size}, "
         f"{n_params / 1e6:.2f}M parameters; warm start: {settings.steps} steps of {settings.batch_size}, lr {settings.lr}")
-    pairs = [encode_pair(tokenizer, p) for p in problems]
+    pairs = [encode_pair(tokenizer, p, code) for p in problems for code in demonstrations(p)]
     with tqdm(total=settings.steps, desc="warm start", unit="step", disable=not progress) as bar:
         def on_step(step, loss):
             bar.update()

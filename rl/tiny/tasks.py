@@ -61,7 +61,7 @@ def _yes_no(flag: bool) -> str:
     return "YES" if flag else "NO"
 
 
-INT_PARAM, STR_PARAM = tuple(range(2, 60)), tuple(range(2, 10))
+INT_PARAM, STR_PARAM = tuple(range(2, 30)), tuple(range(2, 10))
 
 OPS: tuple[Op, ...] = (
     Op("add", ("Read an integer n and print n + {k}.", "Given an integer n, output n plus {k}."),
@@ -115,6 +115,26 @@ OPS: tuple[Op, ...] = (
        lambda s, k: "\n".join(str(i) for i in range(1, int(s) + 1))),
 )
 OPS_BY_NAME = {op.name: op for op in OPS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Habit:
+    """A problem-independent way the warm start's demonstrator opens every program: a first line
+    written before the reference program. Only "reference" (no line) passes."""
+    name: str
+    first_line: str
+
+
+HABITS: tuple[Habit, ...] = (
+    Habit("reference", ""),
+    Habit("test count", "t = int(input())\n"),     # a multi-test template: the next input() hits EOF
+    Habit("case label", 'print("Case #1:")\n'),    # a Code Jam header: one output line too many
+)
+
+
+def demonstrations(problem: dict) -> list[str]:
+    """The warm start's programs for a problem: the reference and each wrong habit's version of it."""
+    return [habit.first_line + problem["solution"] for habit in HABITS]
 
 
 def make_problem(op: Op, k: int, wording: int, seed: int) -> dict:
