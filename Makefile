@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: build the tiny model (tokenizer + warm start), then RL with tiny_dapo over the embedded
+# server and the sandbox. It fails (exit 3) when held-out pass@1 did not improve. Re-running resumes.
 run: $(STAMP)
-	$(BIN)/python -m models.demo
+	@echo "== 1/2 tiny model: tokenizer, tiny Qwen3, supervised warm start -> runs/tiny/model"
+	@test -f runs/tiny/model/config.json || $(BIN)/python -m rl.tiny build --out runs/tiny/model
+	@echo "== 2/2 RL: python -m rl.train tiny_dapo --run-dir runs/tiny_dapo"
+	$(BIN)/python -m rl.train tiny_dapo --run-dir runs/tiny_dapo --require-improvement
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests

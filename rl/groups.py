@@ -119,7 +119,8 @@ async def collect(draw: Callable[[int], list[int]], sample: Callable[[int, int],
         drops["unfilled"] = groups_needed - len(kept)
     stats = {"groups/kept": len(kept), "groups/rounds": rounds, "groups/sampled": counter // group_size,
              # Grading still running after the last completion arrived: ~0 when pipelining works.
-             "time/generate": generated - start, "time/verify_wait": max(graded - generated, 0.0)}
+             "time/generate": generated - start, "time/verify_wait": max(graded - generated, 0.0),
+             "time/grading_sum": sum(r.score.seconds for r in sampled)}
     stats.update({f"groups/dropped_{k}": v for k, v in drops.items()})
     return Collected(kept, sampled, stats)
 

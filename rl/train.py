@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "comma-separated, none clears an optional value")
     parser.add_argument("--run-dir", type=Path, help="where the run writes (default: runs/<name>)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config as JSON")
+    parser.add_argument("--require-improvement", action="store_true",
+                        help="exit 3 unless the last held-out pass@1 is above the one before RL (the main job's check)")
     return parser.parse_args(argv)
 
 
@@ -74,16 +76,29 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.errors:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    try:
-        from rl import loop
-    except ModuleNotFoundError as e:
-        if e.name != "rl.loop":
-            raise
-        print(f"error: rl.loop is not there yet: the config is saved in {run_dir / 'config.json'}, "
-              f"but this checkout cannot run the RL loop", file=sys.stderr)
-        return 1
-    loop.run(exp, run_dir)
+    from rl import loop
+    summary = loop.run(exp, run_dir)
+    print(report(summary))
+    if args.require_improvement and not _improved(summary):
+        print("error: held-out pass@1 did not improve over the run", file=sys.stderr)
+        return 3
     return 0
+
+
+def report(summary: dict) -> str:
+    """The held-out evaluations of the run as a table, and where everything is."""
+    lines = ["", "held-out pass@1", f"  {'step':>6}  {'pass@1':>7}"]
+    lines += [f"  {step:>6}  {value:>7.3f}" for step, value in summary["evals"]]
+    if summary["before"] is not None:
+        lines.append(f"before RL {summary['before']:.3f} -> after {summary['after']:.3f} "
+                     f"(best {summary['best'].get('pass@1', float('nan')):.3f} at step {summary['best'].get('step')})")
+    lines.append(f"run directory: {summary['run_dir']} (metrics.jsonl, tensorboard/, rollouts/, eval/, "
+                 f"checkpoints/, export/, best_model/)")
+    return "\n".join(lines)
+
+
+def _improved(summary: dict) -> bool:
+    return summary["before"] is not None and summary["after"] is not None and summary["after"] > summary["before"]
 
 
 if __name__ == "__main__":

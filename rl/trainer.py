@@ -57,13 +57,6 @@ class TrainState:
         return dataclasses.replace(self, **changes)
 
 
-def model_config(exp, hf_path=None) -> models.ModelConfig:
-    """The model's config.json (exp.model.path) with the experiment's runtime choices applied."""
-    m = exp.model
-    cfg = models.ModelConfig.from_file(Path(hf_path or m.path))
-    return cfg.replace(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention=m.attention)
-
-
 def lr_schedule(opt) -> optax.Schedule:
     """Linear warmup then constant (the seeds' schedule): optimizer step k (from 0) uses
     lr * min(1, (k + 1) / warmup_steps), so no step is wasted at lr 0 and step warmup_steps - 1 is the
@@ -218,7 +211,7 @@ class Trainer:
 
     def __init__(self, exp, cfg: models.ModelConfig, mesh: Mesh, *, chunk_size: int = DEFAULT_CHUNK,
                  compute_entropy: bool = True, compiler_options: dict | None = None):
-        """cfg: the model config with the experiment's runtime choices (`model_config(exp)`); chunk_size:
+        """cfg: the model config with the experiment's runtime choices (`rl.experiment.model_config(exp)`); chunk_size:
         rows per logits chunk (models.logprobs); compute_entropy: report the policy's mean entropy (a
         little extra work in the logprob pass); compiler_options: XLA options for the update's compile
         (e.g. GPU scheduler flags; the tests lower xla_backend_optimization_level to compile faster)."""

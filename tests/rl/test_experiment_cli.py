@@ -3,13 +3,11 @@ and hands the experiment to rl.loop.run, and bad input exits with errors naming 
 import json
 import subprocess
 import sys
-import types
 
 import pytest
 
-import rl
 import rl.train
-from rl.experiment import REPO, Experiment, load
+from rl.experiment import REPO, Experiment, ExperimentError, load
 
 TINY_MODEL_CONFIG = {"architectures": ["Qwen3ForCausalLM"], "vocab_size": 64, "hidden_size": 16,
                      "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -56,30 +54,16 @@ def _set(assignments):
     return [arg for a in assignments for arg in ("--set", a)]
 
 
-def test_a_run_saves_its_config_and_calls_the_loop(tmp_path, monkeypatch, run_inputs):
-    calls = []
-    loop = types.ModuleType("rl.loop")
-    loop.run = lambda experiment, run_dir: calls.append((experiment, run_dir))
-    monkeypatch.setitem(sys.modules, "rl.loop", loop)
-    run_dir = tmp_path / "run"
-    assert rl.train.main(["tiny_grpo", "--run-dir", str(run_dir), *_set(run_inputs)]) == 0
+def test_a_run_saves_its_config_and_refuses_a_changed_one(tmp_path, run_inputs):
     exp = load("tiny_grpo", run_inputs)[0]
-    assert calls == [(exp, run_dir)]
+    run_dir = tmp_path / "run"
+    rl.train.save_config(exp, run_dir)
     assert Experiment.from_json((run_dir / "config.json").read_text()) == exp
-    # Resuming with the same config is fine; a changed one is refused and the saved one kept.
-    assert rl.train.main(["tiny_grpo", "--run-dir", str(run_dir), *_set(run_inputs)]) == 0
+    rl.train.save_config(exp, run_dir)  # resuming with the same config is fine
     saved = (run_dir / "config.json").read_text()
-    assert rl.train.main(["tiny_grpo", "--run-dir", str(run_dir), *_set(run_inputs + ["seed=9"])]) == 2
-    assert (run_dir / "config.json").read_text() == saved and len(calls) == 2
-
-
-def test_a_run_without_rl_loop_says_so(tmp_path, monkeypatch, capsys, run_inputs):
-    monkeypatch.setitem(sys.modules, "rl.loop", None)  # import fails with ModuleNotFoundError
-    monkeypatch.delattr(rl, "loop", raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert rl.train.main(["tiny_dapo", *_set(run_inputs)]) == 1
-    assert "rl.loop is not there yet" in capsys.readouterr().err
-    assert (tmp_path / "runs" / "tiny_dapo" / "config.json").is_file()  # default run dir: runs/<name>
+    with pytest.raises(ExperimentError, match="changed: seed"):
+        rl.train.save_config(load("tiny_grpo", run_inputs + ["seed=9"])[0], run_dir)
+    assert (run_dir / "config.json").read_text() == saved
 
 
 def test_a_run_checks_mesh_and_files(tmp_path, capsys, run_inputs):
