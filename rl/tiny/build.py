@@ -1,4 +1,5 @@
-"""Build the tiny model folder: tokenizer, tiny Qwen3, supervised warm start, Hugging Face export."""
+"""Build the tiny model folder: tokenizer, tiny Qwen3, supervised warm start on the noisy
+demonstrations of the training problems, Hugging Face export."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,15 +14,15 @@ from models.hf_io import save_hf
 from models.tokenizer import PAD
 from models.weights import init_params
 from rl.tiny.model import encode_pair, tiny_config, train_tokenizer
-from rl.tiny.tasks import TRAIN_FILE, demonstrations, read_jsonl
+from rl.tiny.tasks import HABITS, TRAIN_FILE, demonstrations, read_jsonl
 from rl.tiny.warmstart import warm_start
 
 
 @dataclasses.dataclass(frozen=True)
 class BuildSettings:
-    steps: int = 400          # warm-start minibatches: short on purpose (see docs/tiny.md)
+    steps: int = 200          # warm-start minibatches: enough to copy constants (see docs/tiny.md)
     batch_size: int = 32
-    lr: float = 5e-3
+    lr: float = 1e-2
     layers: int = 2
 
 
@@ -46,9 +47,10 @@ def build(out_dir: str | Path, seed: int = 0, settings: BuildSettings = BuildSet
     config = tiny_config(tokenizer, settings.layers)
     params = init_params(config, jax.random.key(seed))
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    say(f"tiny Qwen3: {settings.layers} layers, hidden {config.hidden_size}, vocabulary {config.vocab_size}, "
-        f"{n_params / 1e6:.2f}M parameters; warm start: {settings.steps} steps of {settings.batch_size}, lr {settings.lr}")
     pairs = [encode_pair(tokenizer, p, code) for p in problems for code in demonstrations(p)]
+    say(f"tiny Qwen3: {settings.layers} layers, hidden {config.hidden_size}, vocabulary {config.vocab_size}, "
+        f"{n_params / 1e6:.2f}M parameters; warm start: {settings.steps} steps of {settings.batch_size}, lr {settings.lr}; "
+        f"{len(pairs)} demonstrations (each problem's reference and its {len(HABITS) - 1} wrong habits)")
     with tqdm(total=settings.steps, desc="warm start", unit="step", disable=not progress) as bar:
         def on_step(step, loss):
             bar.update()

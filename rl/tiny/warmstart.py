@@ -1,7 +1,9 @@
-"""A short supervised warm start: cross-entropy on the answer tokens of the reference solutions.
+"""A short supervised warm start: cross-entropy on the answer tokens of the demonstrations.
 
-Deliberately short, so the model learns the answer format and most programs but still confuses
-operations and constants: pass@k stays well above pass@1, which is the room RL has to improve.
+The demonstrations are a noisy demonstrator's (rl.tiny.tasks.demonstrations): for every training
+problem the reference program and the same program opened by each wrong habit, in equal shares. The
+warm-started model writes the right program about as often as it picks the reference habit, about
+one time in three on any problem; which habit passes is what RL has to find out from the sandbox.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import pytest
 
 from rl.tiny import build
 from rl.tiny.build import BuildSettings
-from rl.tiny.model import encode_pair, train_tokenizer
-from rl.tiny.tasks import HELDOUT_FILE, OPS_BY_NAME, TRAIN_FILE, make_splits, read_jsonl
+from rl.tiny.model import encode_pair, template_pieces, train_tokenizer
+from rl.tiny.tasks import HABITS, HELDOUT_FILE, OPS_BY_NAME, TRAIN_FILE, demonstrations, make_splits, read_jsonl
 from sandbox import Problem, SandboxPool
 
 
@@ -38,7 +38,7 @@ def test_shipped_files_are_what_the_generator_writes(shipped):
 
 def test_splits_do_not_overlap_and_heldout_pairs_are_compositions_of_training_parts(shipped):
     train, heldout = shipped
-    assert len(train) >= 300 and len(heldout) >= 50
+    assert len(train) >= 150 and 40 <= len(heldout) <= 64  # held-out small enough to evaluate every few steps
     train_programs = {p["solution"] for p in train}
     assert not train_programs & {p["solution"] for p in heldout}
     assert not {p["question"] for p in train} & {p["question"] for p in heldout}
@@ -49,20 +49,29 @@ def test_splits_do_not_overlap_and_heldout_pairs_are_compositions_of_training_pa
     assert len({p["id"] for p in train + heldout}) == len(train) + len(heldout)
 
 
-def test_every_reference_passes_in_the_sandbox_and_an_off_by_one_program_fails(shipped, pool):
+def test_every_reference_passes_in_the_sandbox_and_off_by_one_and_wrong_habit_programs_fail(shipped, pool):
     problems = [p for split in shipped for p in split]
+    demos = [demonstrations(p) for p in problems]
+    assert all(d[0] == p["solution"] and len(d) == len(HABITS) == 3 for p, d in zip(problems, demos))
     jobs = [(Problem.from_dict(p), p["solution"]) for p in problems]
     jobs += [(Problem.from_dict(p), off_by_one(p)) for p in problems]
+    jobs += [(Problem.from_dict(p), code) for p, d in zip(problems, demos) for code in d[1:]]
     results = pool.grade_many(jobs)
     n = len(problems)
     assert [p["id"] for p, r in zip(problems, results[:n]) if not r.passed] == []
-    assert [p["id"] for p, r in zip(problems, results[n:]) if r.passed] == []
+    assert [p["id"] for p, r in zip(problems, results[n:2 * n]) if r.passed] == []
+    wrong = [(p["id"], h.name) for p in problems for h in HABITS[1:]]
+    assert [w for w, r in zip(wrong, results[2 * n:]) if r.passed] == []
 
 
-def test_answers_are_short_fenced_programs(shipped):
+def test_prompts_and_answers_are_short(shipped):
     train, heldout = shipped
     tokenizer = train_tokenizer(train)
-    lengths = [len(encode_pair(tokenizer, p)[1]) for p in train + heldout]
+    # The fixed template paragraphs are one token each, so a prompt is mostly its question.
+    for piece in template_pieces():
+        assert len(tokenizer.encode(piece, add_special_tokens=False)) == 1
+    assert max(len(encode_pair(tokenizer, p)[0]) for p in train + heldout) <= 40
+    lengths = [len(encode_pair(tokenizer, p, code)[1]) for p in train + heldout for code in demonstrations(p)]
     assert max(lengths) <= 40
     # Every held-out constant is one token that also occurs in training answers, so it can be copied.
     ids = {t for p in train for t in encode_pair(tokenizer, p)[1]}
@@ -80,6 +89,7 @@ def test_build_writes_a_loadable_folder_whose_warm_start_lowers_the_loss(tmp_pat
     cfg, params = load_hf(out)
     tokenizer = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     assert cfg.vocab_size == len(tokenizer) and tokenizer.chat_template
+    assert len(encode_pair(tokenizer, read_jsonl(HELDOUT_FILE)[0])[0]) <= 40  # the template tokens survive saving
     losses = json.loads((out / "warmstart.json").read_text())["losses"]
     assert len(losses) == 12 and np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
 
