@@ -74,7 +74,7 @@ def load_problems(paths, *, strict: bool = False, progress: bool = False
     records, report, seen = [], LoadReport(), {}
     for path in map(Path, paths):
         skipped_before, first_error = report.skipped, None
-        rows = _rows(path)
+        rows = read_rows(path)
         if progress:
             rows = tqdm(rows, desc=f"loading {path.name}", unit=" rows", leave=False)
         for row_no, row, where in rows:
@@ -248,7 +248,7 @@ def _date(value: Any, where: str) -> datetime | None:
     raise DataError(f"{where}: contest_date: expected an ISO date, got {value!r}")
 
 
-def _rows(path: Path) -> Iterator[tuple[int, Any, str]]:
+def read_rows(path: Path) -> Iterator[tuple[int, Any, str]]:
     """(row number from 0, row, where) for each row of a .json, .jsonl or .parquet file."""
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl", ".parquet"):

@@ -1,0 +1,81 @@
+"""`python -m rl.difficulty RESULTS --problems FILE... [--min 0.05] [--max 0.95] --out FILE.jsonl`
+
+The offline difficulty filter both seeds used: keep the problems the current model solves sometimes,
+dropping those it always or never solves (they give no group signal). First sample k completions per
+problem with the model, then filter on their pass rate:
+
+    python -m rl.evaluate --model DIR --problems train.jsonl --n 8 --k 1 --temperature 1.0 --out ev
+    python -m rl.difficulty ev --problems train.jsonl --min 0.05 --max 0.95 --out train.filtered.jsonl
+
+The kept rows are written as published (one JSON object per line), so the output is a problem file
+like the input. AReaL's 14B code run kept pass rates in [0.05, 0.95], the default here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from rl.data import DataError, read_rows, to_record
+from rl.evaluation import EvaluationError, load_results
+
+
+def pass_rates(results: dict) -> dict[str, float]:
+    """Problem id -> c / n of an rl.evaluate results file."""
+    return {row["id"]: row["c"] / row["n"] for row in results["problems"] if row["n"]}
+
+
+def keep_window(paths, rates: dict[str, float], low: float, high: float):
+    """Yield (raw row, verdict) for every row of the problem files; verdict is "kept", "too_easy",
+    "too_hard", "not_evaluated" or "bad_row"."""
+    for path in paths:
+        for i, row, where in read_rows(Path(path)):
+            try:
+                record = to_record(row, f"{Path(path).stem}-{i}", where)
+            except DataError:
+                yield row, "bad_row"
+                continue
+            rate = rates.get(record.id)
+            if rate is None:
+                yield row, "not_evaluated"
+            elif rate < low:
+                yield row, "too_hard"
+            elif rate > high:
+                yield row, "too_easy"
+            else:
+                yield row, "kept"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rl.difficulty", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("results", type=Path, help="an rl.evaluate --out folder (or its results.json)")
+    p.add_argument("--problems", type=Path, nargs="+", required=True, help="the problem files it evaluated")
+    p.add_argument("--min", type=float, default=0.05, help="lowest pass rate kept")
+    p.add_argument("--max", type=float, default=0.95, help="highest pass rate kept")
+    p.add_argument("--out", type=Path, required=True, help="the filtered problem file (.jsonl)")
+    args = p.parse_args(argv)
+    if not 0 <= args.min <= args.max <= 1:
+        p.error(f"--min {args.min} / --max {args.max}: need 0 <= min <= max <= 1")
+    try:
+        rates = pass_rates(load_results(args.results))
+        counts, kept = Counter(), []
+        for row, verdict in keep_window(args.problems, rates, args.min, args.max):
+            counts[verdict] += 1
+            if verdict == "kept":
+                kept.append(json.dumps(row, default=str) + "\n")
+    except (EvaluationError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(args.out)
+    print(json.dumps({"out": str(args.out), "window": [args.min, args.max], **counts}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
