@@ -269,6 +269,22 @@ def read_samples(folder, problems: set[str] | None = None) -> list[dict]:
 
 # ---- comparing two evaluations ----------------------------------------------------------------------
 
+def verdicts_changed(folder_a, folder_b, problems: set[str]) -> dict:
+    """Over the completions both evaluations drew identically (same problem, index and tokens), how
+    many got another verdict: what a grading mode (e.g. lcb_exact) changes, with sampling held fixed."""
+    try:
+        by_key = {(s["problem"], s["index"]): s for s in read_samples(folder_a, problems)}
+        same = changed = 0
+        for s in read_samples(folder_b, problems):
+            other = by_key.get((s["problem"], s["index"]))
+            if other is not None and other.get("output_ids") == s.get("output_ids"):
+                same += 1
+                changed += other["verdict"] != s["verdict"]
+    except (OSError, KeyError):  # samples.jsonl missing or from another version: nothing to pair
+        return {"same_completions": 0, "changed": 0}
+    return {"same_completions": same, "changed": changed}
+
+
 def compare(a: Mapping, b: Mapping, *, common: bool = False, resamples: int = 10_000, seed: int = 0) -> dict:
     """How b differs from a (two results as load_results reads them), paired over problems.
 
@@ -301,7 +317,13 @@ def compare(a: Mapping, b: Mapping, *, common: bool = False, resamples: int = 10
     for name, r in (("A", a), ("B", b)):
         if r.get("status") != "complete":
             notes.append(f"{name} is not complete (status {r.get('status')!r}): resume it first")
-    return {"a": a.get("path"), "b": b.get("path"), "problems": len(shared), "only_a": only_a, "only_b": only_b,
+    regraded = None
+    if a.get("sandbox") != b.get("sandbox"):
+        regraded = verdicts_changed(a["path"], b["path"], set(shared))
+        if regraded["same_completions"]:
+            notes.append(f"the grading mode changed {regraded['changed']} of {regraded['same_completions']} "
+                         "verdicts on identical completions")
+    return {"regraded": regraded, "a": a.get("path"), "b": b.get("path"), "problems": len(shared), "only_a": only_a, "only_b": only_b,
             "pass@1_a": sum(rate_a) / len(shared), "pass@1_b": sum(rate_b) / len(shared),
             "diff": diff, "ci95": [low, high], "sign_test": passk.sign_test(rate_a, rate_b),
             "flipped": flipped, "notes": notes}

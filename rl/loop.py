@@ -41,6 +41,7 @@ def run(exp: Experiment, run_dir: str | Path) -> dict:
 
 
 async def _run(exp: Experiment, run_dir: Path) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
     say = _Console(run_dir)
     # Problems -> prompts, rendered once with the model folder's own chat template.
     tokenizer = data.load_tokenizer(exp.model.path)
@@ -73,6 +74,8 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
     settings = RewardSettings.from_experiment(exp)
     stop_ids = sorted({i for i in (tokenizer.eos_token_id, *_eos_ids(cfg)) if i is not None})
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(logger.close)
+        stack.callback(ckpt.close)  # also on errors: the last asynchronous save lands whole
         # Servers: the experiment's SGLang servers, or the embedded one started on the latest export.
         if exp.rollout.servers:
             urls = list(exp.rollout.servers)
@@ -168,8 +171,6 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
             bar.update(1)
             bar.write(metrics.headline(row))
         bar.close()
-        ckpt.close()
-    logger.close()
     return _summary(logger.history, run_dir, best)
 
 

@@ -219,3 +219,24 @@ def test_bad_input_gets_a_clear_error(problems_file, tiny_model_dir, tmp_path, c
     with pytest.raises(SystemExit):
         main(base + ["--problems", str(problems_file), "--k", "1,8", "--n", "4"])
     assert "each k must be in 1..--n" in capsys.readouterr().err
+
+
+def test_compare_counts_the_verdicts_a_grading_mode_changes(tmp_path):
+    """Same completions graded in two sandbox modes: compare says how many verdicts moved."""
+    from rl.evaluation import compare, load_results
+
+    def folder(name, sandbox, verdicts):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [{"problem": "p", "index": i, "output_ids": [1, i], "verdict": v} for i, v in enumerate(verdicts)]
+        (d / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        c = sum(v == "accepted" for v in verdicts)
+        (d / "results.json").write_text(json.dumps({"sandbox": sandbox, "status": "complete",
+                                                    "problems": [{"id": "p", "n": len(verdicts), "c": c}]}))
+        return load_results(d)
+
+    a = folder("a", {"lcb_exact": False}, ["accepted", "runtime_error", "wrong_answer"])
+    b = folder("b", {"lcb_exact": True}, ["accepted", "accepted", "wrong_answer"])
+    c = compare(a, b)
+    assert c["regraded"] == {"same_completions": 3, "changed": 1}
+    assert any("changed 1 of 3 verdicts" in note for note in c["notes"])
