@@ -18,11 +18,11 @@ EXPERIMENT = base.EXPERIMENT.replace(
     data=dict(
         train=("rl/assets/tiny/train.jsonl",),
         eval=("rl/assets/tiny/heldout.jsonl",),
-        max_prompt_tokens=64,  # the tiny prompts are 25-33 tokens (the template paragraphs are one token each)
+        max_prompt_tokens=256,  # the tiny prompts are 25-33 tokens (the template paragraphs are one token each)
     ),
     rollout=dict(
         group_size=8,
-        max_response_tokens=48,  # the tiny answers are 16-32 tokens
+        max_response_tokens=64,  # the tiny answers are 16-32 tokens
         max_concurrency=64,
         max_refill_rounds=2,
         eval_n=4,  # 56 held-out problems x 4 samples
@@ -30,5 +30,5 @@ EXPERIMENT = base.EXPERIMENT.replace(
     sandbox=dict(time_limit=5.0, memory_mb=1024, workers=2),
     batch=dict(prompts_per_step=16, mini_batches=1, micro_batches=2),
     optimizer=dict(lr=1e-3, warmup_steps=0),
-    schedule=dict(steps=10, eval_every=5, checkpoint_every=5, keep_checkpoints=2),
+    schedule=dict(steps=20, eval_every=5, checkpoint_every=5, keep_checkpoints=2),
 )

@@ -7,7 +7,9 @@ taught (which program the wording asks for, copying the constant), not recalling
 
 Problems are written in the sandbox's problem JSON (`sandbox.Problem.from_dict` loads them) with
 three extra keys: `question` (the text the prompt shows), `solution` (the reference program) and
-`id`; `metadata` names the operation and k.
+`id`; `metadata` names the operation and k. `demonstrations` gives the warm start's programs for a
+problem: the reference, and the same program opened by each wrong habit (HABITS), problem-independent
+first lines that fail on every problem, as an unverified demonstrator would write them.
 """
 from __future__ import annotations
 
