@@ -25,6 +25,7 @@ import tempfile
 import time
 import traceback
 import types
+import warnings
 
 from . import ipc, rootfs, seccomp_filter
 from . import lcb_exact as lcb_exact_mode
@@ -233,7 +234,9 @@ class Zygote:
         signal.setitimer(signal.ITIMER_REAL, time_limit)  # SIGALRM's default action ends us
         start = time.monotonic()
         try:
-            self.code = compile(code, "solution.py", "exec", dont_inherit=True)
+            with warnings.catch_warnings():  # a SyntaxWarning would print on the grader's console
+                warnings.simplefilter("ignore")
+                self.code = compile(code, "solution.py", "exec", dont_inherit=True)
             self.names = global_names(self.code)
             reply = {"ok": True}
         except MemoryError:
