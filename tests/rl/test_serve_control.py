@@ -37,6 +37,13 @@ def wait_decoding(served):
     wait_until(lambda: server_state(served)["decode_steps"] > start + 2)
 
 
+@pytest.fixture(autouse=True)
+def resumed(served):
+    """A test that fails while the shared server is paused must not leave it paused for the others."""
+    yield
+    served.post("/continue_generation")
+
+
 def test_health_and_info(served):
     assert served.http.get("/health", headers={"Authorization": ""}).status_code == 200
     assert served.http.get("/health_generate").status_code == 200
@@ -76,7 +83,8 @@ def test_pause_abort_queues_new_requests_until_continue(served):
 
 @pytest.mark.parametrize("mode", ["in_place", "retract"])
 def test_pause_keeps_the_request_and_it_ends_as_if_never_paused(served, mode):
-    body = {"input_ids": [9, 10, 11], "sampling_params": {"max_new_tokens": 120, "temperature": 0.0,
+    # Long enough that an idle machine cannot finish it before the pause lands.
+    body = {"input_ids": [9, 10, 11], "sampling_params": {"max_new_tokens": 1000, "temperature": 0.0,
                                                           "ignore_eos": True}}
     thread, box = in_background(served, body)
     wait_decoding(served)
@@ -87,7 +95,7 @@ def test_pause_keeps_the_request_and_it_ends_as_if_never_paused(served, mode):
     served.post("/continue_generation")
     thread.join(60)
     answer = box["answer"]
-    assert answer["meta_info"]["finish_reason"] == {"type": "length", "length": 120}
+    assert answer["meta_info"]["finish_reason"] == {"type": "length", "length": 1000}
     assert answer["output_ids"] == served.generate(body)["output_ids"]
 
 
