@@ -302,7 +302,8 @@ def test_a_bad_folder_fails_the_sync_naming_the_server_and_old_weights_keep_serv
 
 def test_two_servers_one_dies_and_the_other_finishes_everything(server, spare, prompt):
     ensure_running(spare)
-    requests = with_first(prompt, many(prompt, 3, 3, LONG))
+    # Long enough that an idle machine cannot finish the spare's share before the kill lands.
+    requests = with_first(prompt, many(prompt, 3, 3, {**LONG, "max_new_tokens": 400}))
 
     async def run():
         async with client([server, spare.url], retries=6, backoff=0.1) as c:
