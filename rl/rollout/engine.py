@@ -257,18 +257,18 @@ class Engine:
     def _fit(self, longest: int) -> int:
         """Size the caches to the running rows before a prefill or step, and return the batch width W.
 
-        W is a power of two (at least MIN_WIDTH, at most `slots`) covering the running rows, so a step
-        costs what the rows running now need, not what the busiest moment needed. When the rows fit in
-        half the width (or a new row lies beyond it) they are moved to slots 0..n-1 and the caches are
-        rebuilt at the new width; S, the slots per row, follows the longest row the same way.
+        W is the smallest `width_rung` covering the running rows (at most `slots`), so a step costs what
+        the rows running now need, not what the busiest moment needed. When the rows fit a smaller rung
+        (or a new row lies beyond the width) they are moved to slots 0..n-1 and the caches are rebuilt
+        at the new width; S, the slots per row, follows the longest row in powers of two.
         """
         active = [b for b in range(self.slots) if self._rows[b] is not None]
         W_have, S_have = (self._caches[0]["k"].shape[1:3]) if self._caches else (0, 0)
         S = max(MIN_CACHE, bucket(longest + 1, MIN_CACHE))
         if S_have and S <= S_have < 4 * S:
             S = S_have  # hysteresis: shrink only when rows got 4x shorter
-        W = min(self.slots, bucket(len(active), MIN_WIDTH))
-        if self._caches is not None and max(active, default=0) < W_have and 2 * W > W_have:
+        W = min(self.slots, width_rung(len(active)))
+        if self._caches is not None and max(active, default=0) < W_have and W >= W_have:
             W = W_have
         if (W, S) == (W_have, S_have):
             return W
@@ -383,6 +383,16 @@ class Engine:
 _STOP_TAIL = 64  # tokens decoded to look for a stop string: it can only end in the newest token
 _ROW_ARRAYS = dict(token=np.int32, pos=np.int32, seed=np.uint32, index=np.int32, step=np.int32,
                    temperature=np.float32, top_p=np.float32, top_k=np.int32, min_p=np.float32)
+
+
+def width_rung(rows: int) -> int:
+    """The compiled batch width for `rows` running rows: four rungs per power of two (4, 8, 12, 16, 20,
+    24, 28, 32, 40, 48, 56, 64, 80, ...), never under MIN_WIDTH. Halving rungs left up to half the rows
+    idle as a group's completions ended; quarter rungs leave at most a fifth above 16 rows, for 4 programs
+    per doubling."""
+    top = bucket(rows, MIN_WIDTH)
+    step = max(MIN_WIDTH, top // 8)
+    return -(-max(rows, 1) // step) * step
 
 
 def _row_arrays(requests: list[Request], rows: int) -> dict[str, np.ndarray]:
