@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 from models.config import ModelConfig
 from models.weights import full_axes, full_shape, map_weights
@@ -43,7 +43,7 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
     return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
 
 
-def spec_for(axes: tuple, shape: tuple[int, ...], mesh: Mesh) -> P:
+def spec_for(axes: tuple, shape: tuple[int, ...], mesh: Mesh | AbstractMesh) -> P:
     """PartitionSpec for logical `axes`; a dimension the mesh axis does not divide stays replicated."""
     parts = []
     for name, size in zip(axes, shape):
@@ -57,6 +57,30 @@ def spec_for(axes: tuple, shape: tuple[int, ...], mesh: Mesh) -> P:
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
     return map_weights(cfg, lambda w: NamedSharding(mesh, spec_for(full_axes(w), full_shape(w, cfg), mesh)))
+
+
+def params_mesh(params) -> AbstractMesh | None:
+    """The mesh the model runs on while tracing: the context mesh (`jax.set_mesh`), else the mesh the
+    params are laid out on (jit arguments that carry shardings); None when neither names one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        sharding = getattr(jax.typeof(jax.tree.leaves(params)[0]), "sharding", None)
+        mesh = getattr(sharding, "mesh", mesh)
+    return None if mesh.empty else mesh
+
+
+def constrain(x, mesh: AbstractMesh | None, axes: tuple):
+    """Pin an activation to the shards its logical `axes` name (a no-op without a mesh)."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec_for(axes, x.shape, mesh)))
+
+
+def constrain_batch(x, mesh: AbstractMesh | None):
+    """Pin an activation's leading (batch) axis to the (data, fsdp) shards, its other axes whole.
+    Without it XLA propagates the embedding's feature sharding ("embed" -> fsdp) into the residual
+    stream: every chip then holds the whole batch and all-reduces each layer's activations."""
+    return constrain(x, mesh, ("batch",) + (None,) * (x.ndim - 1))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from models.attention import attention
 from models.config import ModelConfig
 from models.layers import apply_rope, dense, rms_norm, rope_tables, swiglu_mlp
+from models.sharding import constrain, constrain_batch, params_mesh
 
 REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -85,14 +86,19 @@ def hidden_states(params, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT
     cos, sin = rope_tables(cfg, positions_BT)
 
     if cache is None:
+        mesh = params_mesh(params)
+        # Look up every row's tokens in the local feature shard of the table, then move rows to their
+        # batch shard: the backward then scatters into that shard, not into a whole [V, D] per chip.
+        x_BTD = constrain(x_BTD, mesh, (None, None, "embed"))
+
         def step(x_BTD, layer):
-            x_BTD, _ = _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset,
+            x_BTD, _ = _decoder_layer(cfg, constrain_batch(x_BTD, mesh), layer, cos, sin, kv_valid_BS, q_offset,
                                       segment_ids_BT=segment_ids_BT)
-            return x_BTD, None
+            return constrain_batch(x_BTD, mesh), None
 
         if cfg.remat != "none":
             step = jax.checkpoint(step, policy=REMAT[cfg.remat], prevent_cse=False)
-        x_BTD, _ = jax.lax.scan(step, x_BTD, params["layers"])
+        x_BTD, _ = jax.lax.scan(step, constrain_batch(x_BTD, mesh), params["layers"])
     else:
         # The cache rides in the carry and only the new slots are written, so XLA updates it in place
         # instead of copying all L x S keys and values on every decode step.
