@@ -98,27 +98,30 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def matmul_peak(m: int, repeats: int, threads: int) -> dict[str, float]:
-    """Median FLOP/s of a float32 [m, m] @ [m, m], JAX (jitted) and torch, interleaved."""
+def matmul_peak(m: int, repeats: int, threads: int, with_torch: bool = True) -> dict[str, float]:
+    """Median FLOP/s of a float32 [m, m] @ [m, m], JAX (jitted) and torch, interleaved (JAX only
+    without with_torch)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import torch
 
     rng = np.random.default_rng(0)
     a_np, b_np = (rng.standard_normal((m, m), dtype=np.float32) for _ in range(2))
     a, b = jnp.asarray(a_np), jnp.asarray(b_np)
-    ta, tb = torch.from_numpy(a_np), torch.from_numpy(b_np)
     mm = jax.jit(jnp.matmul)
     mm(a, b).block_until_ready()
-    torch.set_num_threads(threads)
-    torch.matmul(ta, tb)
+    if with_torch:
+        import torch
+        ta, tb = torch.from_numpy(a_np), torch.from_numpy(b_np)
+        torch.set_num_threads(threads)
+        torch.matmul(ta, tb)
     jt, tt = [], []
     for _ in range(repeats):
         jt.append(timed(lambda: mm(a, b).block_until_ready()))
-        tt.append(timed(lambda: torch.matmul(ta, tb)))
+        if with_torch:
+            tt.append(timed(lambda: torch.matmul(ta, tb)))
     flops = 2.0 * m ** 3
-    return dict(jax=flops / statistics.median(jt), torch=flops / statistics.median(tt))
+    return dict(jax=flops / statistics.median(jt), **({"torch": flops / statistics.median(tt)} if with_torch else {}))
 
 
 # ---- the two sides -----------------------------------------------------------------------------

@@ -7,7 +7,9 @@ side, on the ~100M benchmark model; then what sequence packing saves on mixed-le
                under lax.scan, global norm clip, AdamW; one jitted call, state donated
      fwd+bwd:  benchmarks.train_step's step: value_and_grad of next-token cross-entropy on full logits
    % peak = model FLOPs of one step (benchmarks.train_step.step_flops: weights, lm_head, attention;
-   remat and the optimizer not counted) / step time / the measured jitted matmul peak.
+   remat and the optimizer not counted) / step time / the jitted float32 matmul peak measured right
+   before that step (the machine is shared: a peak measured once drifts with the load); the median
+   over steps is reported, with the load average of each step.
 2. Packing at full scale (no model run): the padding fraction of a realistic RL batch, 256 rollouts
    (32 prompts x 8) with 100-1,000 prompt tokens and log-uniform 200-40,000 response tokens, 15% cut
    at the 40,000 limit: one rollout per 41,000-token row versus packed into such rows.
@@ -82,7 +84,8 @@ def rollouts(rng, vocab: int, prompt_lens, response_lens):
                    float(rng.standard_normal()), False) for p, r in zip(prompt_lens, response_lens)]
 
 
-def update_vs_forward_backward(args, hf, cfg, params, peak) -> None:
+def update_vs_forward_backward(args, hf, cfg, params, probe) -> None:
+    """probe(): the matmul peak now, FLOP/s."""
     import jax
 
     rng = np.random.default_rng(args.seed)
@@ -106,19 +109,24 @@ def update_vs_forward_backward(args, hf, cfg, params, peak) -> None:
     sides = {"update": update_once, "fwd+bwd": plain_once}
     first = {name: timed(fn) for name, fn in sides.items()}
     print("first step (compile + run): " + ", ".join(f"{k} {v:.1f} s" for k, v in first.items()), flush=True)
-    times = {name: [] for name in sides}
+    flops = step_flops(hf, B, T)["total"]
+    times, pct = {name: [] for name in sides}, {name: [] for name in sides}
     for i in range(args.steps):
         for name, fn in sides.items():
+            peak = probe()  # right before the step: the share of the cores it gets now
             times[name].append(timed(fn))
-        print(f"step {i + 1}/{args.steps}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
-    flops = step_flops(hf, B, T)["total"]
-    print(f"\nmodel FLOPs per step {flops:.4g}; matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'side':<10} {'median s':>9} {'tokens/s':>9} {'GFLOP/s':>8} {'% peak':>7}")
+            pct[name].append(100 * flops / times[name][-1] / peak)
+            print(f"step {i + 1}/{args.steps} {name}: {times[name][-1]:.2f} s, peak {peak / 1e9:.1f} GFLOP/s, "
+                  f"{pct[name][-1]:.1f}% of it, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"\nmodel FLOPs per step {flops:.4g}")
+    print(f"{'side':<10} {'median s':>9} {'tokens/s':>9} {'GFLOP/s':>8} {'% peak':>7}  (% peak: median over steps)")
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, s in med.items():
-        print(f"{name:<10} {s:9.3f} {B * T / s:9.0f} {flops / s / 1e9:8.1f} {100 * flops / s / peak:6.1f}%")
-    print(f"update / fwd+bwd time: {med['update'] / med['fwd+bwd']:.3f}x; update at "
-          f"{100 * flops / med['update'] / peak:.1f}% of matmul peak (goal >= 65%)")
+        print(f"{name:<10} {s:9.3f} {B * T / s:9.0f} {flops / s / 1e9:8.1f} {statistics.median(pct[name]):6.1f}%")
+    ratios = [u / f for u, f in zip(times["update"], times["fwd+bwd"])]
+    print(f"update / fwd+bwd time: {med['update'] / med['fwd+bwd']:.3f}x (step by step "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}); update at {statistics.median(pct['update']):.1f}% of matmul "
+          f"peak (goal >= 65%)")
 
 
 def padding_at_scale(rng) -> None:
@@ -186,9 +194,9 @@ def main(argv=None):
     print(f"jax {jax.__version__} ({jax.default_backend()}), cpu_count {os.cpu_count()}; config hidden "
           f"{hf['hidden_size']}, layers {hf['num_hidden_layers']}, vocab {hf['vocab_size']}; batch {args.batch} x "
           f"{args.seq_len}, {args.micro_batches} micro-batches, remat {args.remat}")
-    peak = matmul_peak(args.matmul_size, args.matmul_repeats, os.cpu_count())["jax"]
     cfg, params = model(hf, args.remat)
-    update_vs_forward_backward(args, hf, cfg, params, peak)
+    update_vs_forward_backward(args, hf, cfg, params,
+                               lambda: matmul_peak(args.matmul_size, args.matmul_repeats, os.cpu_count(), False)["jax"])
     padding_at_scale(np.random.default_rng(args.seed))
     if not args.skip_packing_run:
         packing_measured(args, hf, cfg, params)

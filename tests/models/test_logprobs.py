@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import models
-from models.logprobs import chunked_logprobs, token_logprobs
+from models.logprobs import KEEP_LOGP_BYTES, chunked_logprobs, token_logprobs
 
 TINY = models.ModelConfig(arch="qwen2", vocab_size=101, hidden_size=32, intermediate_size=48, num_layers=1,
                           num_heads=4, num_kv_heads=2, head_dim=8, rope_theta=10000.0, remat="none")
@@ -39,12 +39,13 @@ def _full(params, cfg, tokens, mask, temperature):
     return jnp.take_along_axis(logp_BTV, tokens[:, 1:, None], axis=-1)[..., 0], entropy_BT
 
 
-@pytest.mark.parametrize("tied,chunk,return_entropy,temperature", [
-    (True, 5, True, 1.0),  # 5 does not divide 22
-    (False, 11, True, 0.7),  # 11 does
-    (False, 512, False, 1.0),  # one chunk larger than the rows
+@pytest.mark.parametrize("tied,chunk,return_entropy,temperature,keep", [
+    (True, 5, True, 1.0, 0),  # 5 does not divide 22; the backward recomputes each chunk's logits
+    (False, 11, True, 0.7, 0),  # 11 does
+    (False, 512, False, 1.0, 0),  # one chunk larger than the rows
+    (True, 5, True, 0.7, KEEP_LOGP_BYTES),  # small enough: the forward's log-softmax is kept, one chunk
 ])
-def test_token_logprobs_match_full_logits(tied, chunk, return_entropy, temperature):
+def test_token_logprobs_match_full_logits(tied, chunk, return_entropy, temperature, keep):
     cfg = TINY.replace(tie_word_embeddings=tied)
     params = _params(tied)
     tokens, mask = _batch(cfg)
@@ -59,7 +60,7 @@ def test_token_logprobs_match_full_logits(tied, chunk, return_entropy, temperatu
 
     def ours(params):
         out = token_logprobs(params, cfg, tokens, mask, return_entropy=return_entropy, chunk_size=chunk,
-                             temperature=temperature)
+                             temperature=temperature, keep_logp_bytes=keep)
         return out if return_entropy else (out, None)
 
     full = lambda params: _full(params, cfg, tokens, mask, temperature)  # noqa: E731
@@ -75,18 +76,20 @@ def test_token_logprobs_match_full_logits(tied, chunk, return_entropy, temperatu
         np.testing.assert_allclose(g, g_ref, atol=1e-5 * scale, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
-def test_chunked_logprobs_on_hidden_states_bf16():
+@pytest.mark.parametrize("keep", [0, KEEP_LOGP_BYTES])
+def test_chunked_logprobs_on_hidden_states_bf16(keep):
     """The trainer's entry point with bf16 inputs: float32 results close to a float32 computation."""
     rng = np.random.default_rng(0)
     hidden = jnp.asarray(rng.standard_normal((37, 16)), jnp.bfloat16)
     unembed = jnp.asarray(rng.standard_normal((50, 16)), jnp.bfloat16)
     targets = rng.integers(0, 50, 37)
-    logp, entropy = chunked_logprobs(hidden, unembed, targets, 8, return_entropy=True)
+    logp, entropy = chunked_logprobs(hidden, unembed, targets, 8, return_entropy=True, keep_logp_bytes=keep)
     logp_NV = jax.nn.log_softmax(hidden.astype(jnp.float32) @ unembed.astype(jnp.float32).T, axis=-1)
     assert logp.dtype == entropy.dtype == jnp.float32
     np.testing.assert_allclose(logp, logp_NV[jnp.arange(37), targets], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(entropy, -jnp.sum(jnp.exp(logp_NV) * logp_NV, -1), atol=1e-4, rtol=1e-4)
-    dh, dw = jax.grad(lambda h, w: chunked_logprobs(h, w, targets, 8).sum(), argnums=(0, 1))(hidden, unembed)
+    dh, dw = jax.grad(lambda h, w: chunked_logprobs(h, w, targets, 8, keep_logp_bytes=keep).sum(),
+                      argnums=(0, 1))(hidden, unembed)
     assert dh.dtype == dw.dtype == jnp.bfloat16
 
 
