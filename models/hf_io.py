@@ -131,7 +131,9 @@ def load_hf(path, dtype=None, mesh=None, **runtime) -> tuple[ModelConfig, dict]:
         host = stacked if w.stacked else stacked[0]
         if shardings is None:
             return jnp.asarray(host)
-        return jax.device_put(host, get_path(shardings, w.path))
+        # Each process places its own devices' slices; device_put would first compare the whole
+        # weight across processes (a gather of every copy onto every device).
+        return jax.make_array_from_callback(host.shape, get_path(shardings, w.path), lambda idx: host[idx])
 
     return cfg, map_weights(cfg, load)
 

@@ -9,6 +9,10 @@ donate them) and atomic: orbax writes into a temporary folder and renames it whe
 walks the steps from the newest and skips, with a warning naming it, any checkpoint that is
 unfinished or does not read back, so a crash mid-save costs one checkpoint, not the run. Restores
 land on the shardings of the target (Trainer.abstract_state()), so a run may resume on another mesh.
+
+With several processes (rl.distributed) every process calls save and restore, in the same order:
+orbax writes each process's shards and process 0 the metadata and `extra`, so the directory must be
+on a filesystem every host sees.
 """
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ problems -> prompts -> rollouts (SGLang servers) -> verdicts (sandbox, as each c
 Each arrow is one call into the room that owns it: rl.data, rl.rollout, rl.reward / sandbox,
 rl.losses, rl.trainer. With rollout.max_staleness >= 1 the next batch is generated while this one
 trains (one-step-off, as slime's train_async), and its weights are pushed once both are done.
+
+With several processes (rl.distributed) process 0 runs this loop; the others hold their share of the
+train state and make the trainer's calls with it (rl.distributed.Lockstep).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 import models
-from rl import data, evaluation, groups, metrics, packing
+from rl import data, distributed, evaluation, groups, metrics, packing
 from rl.checkpoint import Checkpointer, load_params
 from rl.experiment import Experiment, model_config
 from rl.losses import compute_advantages
@@ -35,47 +38,45 @@ from rl.trainer import Trainer
 from sandbox import SandboxPool
 
 
-def run(exp: Experiment, run_dir: str | Path) -> dict:
-    """Train until exp.schedule.steps, resuming from the run directory's last complete checkpoint."""
+def run(exp: Experiment, run_dir: str | Path) -> dict | None:
+    """Train until exp.schedule.steps, resuming from the run directory's last complete checkpoint.
+    Process 0 returns the run's summary; other processes follow its trainer calls and return None."""
+    if not distributed.is_main():
+        return _follow(exp, Path(run_dir))
     return asyncio.run(_run(exp, Path(run_dir)))
 
 
 async def _run(exp: Experiment, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     say = _Console(run_dir)
-    # Problems -> prompts, rendered once with the model folder's own chat template.
-    tokenizer = data.load_tokenizer(exp.model.path)
-    held_out = data.prepare(exp.data, tokenizer, "eval", progress=True)
-    train = data.prepare(exp.data, tokenizer, "train", exclude=[r for r, _ in held_out.prompts], progress=True)
-    (run_dir / "data.json").write_text(json.dumps({"train": train.report, "eval": held_out.report}, indent=1))
-    say(f"problems: {len(train.prompts)} train, {len(held_out.prompts)} held out "
-        f"(dropped: {_dropped(train.report)}); details in {run_dir / 'data.json'}")
-
-    # The sharded train state, restored from the last complete checkpoint when there is one.
-    mesh = models.make_mesh(exp.mesh.data, exp.mesh.fsdp, exp.mesh.tensor)
-    cfg = model_config(exp)
-    trainer = Trainer(exp, cfg, mesh)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=exp.schedule.keep_checkpoints)
-    stream = ProblemStream(len(train.prompts), seed=exp.seed)
-    restored = ckpt.restore(trainer.abstract_state())
-    if restored:
-        state, extra = restored
-        stream.restore(extra["data"])
-        step, version, best = extra["step"], extra["weight_version"], extra.get("best", {})
-        if trainer.uses_reference:
-            trainer.set_reference(_initial_params(exp, cfg, mesh))
-        say(f"resumed at step {step} from {ckpt.directory}")
-    else:
-        state, step, version, best = trainer.init_state(_initial_params(exp, cfg, mesh)), 0, 0, {}
-    logger = metrics.RunLogger(run_dir, resume_step=step)
-    exports = run_dir / "export"
-    current = trainer.export(state, exports, version)
-
-    settings = RewardSettings.from_experiment(exp)
-    stop_ids = sorted({i for i in (tokenizer.eos_token_id, *_eos_ids(cfg)) if i is not None})
+    # The sharded train state, restored from the last complete checkpoint when there is one. Every
+    # process loads it; the others then make this one's trainer calls with it (rl.distributed.Lockstep).
+    trainer, ckpt, state, extra = _train_state(exp, run_dir)
     async with contextlib.AsyncExitStack() as stack:
-        stack.callback(logger.close)
         stack.callback(ckpt.close)  # also on errors: the last asynchronous save lands whole
+        lock = stack.enter_context(distributed.Lockstep(trainer, ckpt, run_dir / "export"))  # exit releases them
+        # Problems -> prompts, rendered once with the model folder's own chat template.
+        tokenizer = data.load_tokenizer(exp.model.path)
+        held_out = data.prepare(exp.data, tokenizer, "eval", progress=True)
+        train = data.prepare(exp.data, tokenizer, "train", exclude=[r for r, _ in held_out.prompts], progress=True)
+        (run_dir / "data.json").write_text(json.dumps({"train": train.report, "eval": held_out.report}, indent=1))
+        say(f"problems: {len(train.prompts)} train, {len(held_out.prompts)} held out "
+            f"(dropped: {_dropped(train.report)}); details in {run_dir / 'data.json'}")
+
+        stream = ProblemStream(len(train.prompts), seed=exp.seed)
+        if extra is not None:
+            stream.restore(extra["data"])
+            step, version, best = extra["step"], extra["weight_version"], extra.get("best", {})
+            say(f"resumed at step {step} from {ckpt.directory}")
+        else:
+            step, version, best = 0, 0, {}
+        logger = metrics.RunLogger(run_dir, resume_step=step)
+        stack.callback(logger.close)
+        exports = lock.export_dir
+        current = lock.export(state, version)
+
+        settings = RewardSettings.from_experiment(exp)
+        stop_ids = sorted({i for i in (tokenizer.eos_token_id, *_eos_ids(trainer.cfg)) if i is not None})
         # Servers: the experiment's SGLang servers, or the embedded one started on the latest export.
         if exp.rollout.servers:
             urls = list(exp.rollout.servers)
@@ -140,7 +141,7 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
             t0 = time.perf_counter()
             if collected.groups:
                 batch, batch_stats = _batch(exp, trainer, collected, version)
-                state, update_metrics = await asyncio.to_thread(trainer.update, state, batch)
+                state, update_metrics = await asyncio.to_thread(lock.update, state, batch)
                 row.update(batch_stats, **_update_row(jax.device_get(update_metrics)))
                 version += 1
             row["time/train"] = time.perf_counter() - t0
@@ -150,7 +151,7 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
             if current.name != f"step_{version:06d}":
                 # Weights back to the servers; old exports go only after every server confirmed.
                 t0 = time.perf_counter()
-                current = trainer.export(state, exports, version)
+                current = lock.export(state, version)
                 await client.sync_weights(current, version)
                 _prune_exports(exports, keep=current)
                 row["time/sync"] = time.perf_counter() - t0
@@ -163,7 +164,7 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
                     best = {"step": step, "pass@1": row["eval/pass@1"]}
                     _keep_best(run_dir, current, best)
             if step % exp.schedule.checkpoint_every == 0 or step == exp.schedule.steps:
-                ckpt.save(state, {"step": step, "data": position, "weight_version": version, "best": best},
+                lock.save(state, {"step": step, "data": position, "weight_version": version, "best": best},
                           step=step)
             row["time/step"] = time.perf_counter() - t_step
             row["perf/tokens_per_s"] = row.get("perf/train_tokens", 0) / row["time/step"]
@@ -203,6 +204,31 @@ def _batch(exp: Experiment, trainer: Trainer, collected: groups.Collected, versi
     staleness = [version - r.version for r in rollouts]
     return trainer.pack(samples), {"staleness/mean": float(np.mean(staleness)), "staleness/max": max(staleness),
                                    "perf/train_tokens": sum(len(s.prompt) + len(s.response) for s in samples)}
+
+
+def _follow(exp: Experiment, run_dir: Path) -> None:
+    """Processes other than 0: the same train state, then process 0's trainer calls until it stops."""
+    trainer, ckpt, state, _ = _train_state(exp, run_dir)
+    try:
+        distributed.Lockstep(trainer, ckpt, run_dir / "export").follow(state)
+    finally:
+        ckpt.close()
+
+
+def _train_state(exp: Experiment, run_dir: Path):
+    """(trainer, checkpointer, train state, the loop's saved extra or None when starting fresh). Every
+    process runs this: loading params and restoring checkpoints are collective."""
+    mesh = models.make_mesh(exp.mesh.data, exp.mesh.fsdp, exp.mesh.tensor)
+    cfg = model_config(exp)
+    trainer = Trainer(exp, cfg, mesh)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=exp.schedule.keep_checkpoints)
+    restored = ckpt.restore(trainer.abstract_state())
+    if not restored:
+        return trainer, ckpt, trainer.init_state(_initial_params(exp, cfg, mesh)), None
+    state, extra = restored
+    if trainer.uses_reference:
+        trainer.set_reference(_initial_params(exp, cfg, mesh))
+    return trainer, ckpt, state, extra
 
 
 def _initial_params(exp: Experiment, cfg, mesh):

@@ -3,6 +3,11 @@
 Loads an experiment file (a path, a bare name from experiments/, or a run's saved config.json),
 applies the overrides and validates it. --dry-run prints the resolved config as JSON and stops;
 otherwise the config is saved as config.json in the run directory and the RL loop runs there.
+
+Many hosts: run the same command on every host, one process each, with --coordinator HOST:PORT
+--num-processes N --process-id I (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or
+--distributed where JAX detects the cluster (Cloud TPU pod slice, SLURM). The mesh spans every host's
+devices; process 0 samples, grades, logs and exports, the others follow its updates.
 """
 from __future__ import annotations
 
@@ -28,6 +33,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config as JSON")
     parser.add_argument("--require-improvement", action="store_true",
                         help="exit 3 unless the last held-out pass@1 is above the one before RL (the main job's check)")
+    hosts = parser.add_argument_group("many processes (one per host; see docs/scale.md)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (default: $JAX_COORDINATOR_ADDRESS)")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (default: $JAX_NUM_PROCESSES)")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (default: $JAX_PROCESS_ID)")
+    hosts.add_argument("--distributed", action="store_true",
+                       help="let JAX detect the processes (Cloud TPU pod slice, SLURM, Open MPI)")
     return parser.parse_args(argv)
 
 
@@ -58,6 +69,12 @@ def save_config(exp: Experiment, run_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from rl import distributed  # imports jax: not for --help
+    try:  # before any other JAX call
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         exp, source = load(args.experiment, args.overrides)
         mesh = exp.mesh
@@ -71,13 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         validate(exp, source, devices=jax.device_count())
         check_resources(exp, source)
         run_dir = args.run_dir or Path("runs") / exp.name
-        save_config(exp, run_dir)
+        if distributed.is_main():
+            save_config(exp, run_dir)
     except ExperimentError as e:
         for line in e.errors:
             print(f"error: {line}", file=sys.stderr)
         return 2
     from rl import loop
     summary = loop.run(exp, run_dir)
+    if summary is None:  # not process 0: it reports
+        return 0
     print(report(summary))
     if args.require_improvement and not _improved(summary):
         print("error: held-out pass@1 did not improve over the run", file=sys.stderr)

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import models
 from models.logprobs import DEFAULT_CHUNK
 from models.weights import abstract_params
-from rl import packing
+from rl import distributed, packing
 from rl.losses import loss_normalizers, policy_loss
 
 EXPORT_MARKER = "COMPLETE"  # written last into an export folder: its presence means the folder is whole
@@ -269,18 +269,43 @@ class Trainer:
             raise ValueError("objective.kl_coef > 0 needs a reference model: call set_reference(params)")
         return _jitted_update(self._static)(state, batch, self.reference)
 
+    # ---- ahead-of-time compilation (rl.plan) ---------------------------------------------------
+    def lower_update(self, batch: packing.Batch) -> jax.stages.Lowered:
+        """The update lowered against abstract_state() for `batch` (arrays or jax.ShapeDtypeStruct),
+        on any mesh, TPU compile-only devices included: nothing runs and nothing is allocated.
+        `.compile()` gives XLA's memory and cost analyses."""
+        reference = None
+        if self.uses_reference:
+            reference = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, self.cfg.dtype, sharding=s.sharding),
+                                     self._abstract.params)
+        return _jitted_update(self._static).lower(self._abstract, batch, reference)
+
+    def lower_logprobs(self, batch: packing.Batch) -> jax.stages.Lowered:
+        """The forward-only logprob pass over one micro-batch of `batch` (what the update runs first for
+        the old logprobs when mini_batches > 1), lowered like lower_update."""
+        rows = NamedSharding(self.mesh, P(("data", "fsdp")))
+        fn = jax.jit(functools.partial(_logprobs, self._static, entropy=self._static.compute_entropy),
+                     in_shardings=(self.param_shardings, rows, rows, rows))
+        mb = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), batch)
+        return fn.lower(self._abstract.params, mb.tokens, mb.segment_ids, mb.index)
+
     # ---- export --------------------------------------------------------------------------------
     def export(self, state: TrainState, export_dir, version: int, tokenizer_from=None) -> Path:
         """Write the current params as a Hugging Face folder export_dir/step_{version:06d} for the
         rollout servers, in the compute dtype. Written into a temporary folder, marked complete with
         EXPORT_MARKER, then renamed, so a reader never sees a half-written version. Tokenizer files
-        are copied from `tokenizer_from` (default: exp.model.path) when present."""
+        are copied from `tokenizer_from` (default: exp.model.path) when present. Every process calls it
+        (rl.distributed.Lockstep); only process 0 writes."""
         export_dir = Path(export_dir)
         final = export_dir / f"step_{version:06d}"
+        params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(self.cfg.dtype), p))(state.params)
+        # With several processes every one takes part in gathering the shards; process 0 alone writes.
+        params = jax.tree.map(distributed.to_host, params)
+        if not distributed.is_main():
+            return final
         tmp = export_dir / f".tmp-{final.name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(self.cfg.dtype), p))(state.params)
         models.save_hf(tmp, self.cfg.replace(param_dtype=self.cfg.dtype), params)
         source = tokenizer_from or self.exp.model.path
         if source and Path(source).is_dir():
