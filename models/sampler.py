@@ -188,12 +188,22 @@ def sample_tokens(logits_BV, keys_B, temperature_B, top_p_B, top_k_B, min_p_B, *
     taken before filtering: the logprobs SGLang reports. keys_B are this step's per-row keys."""
     greedy_B = temperature_B < GREEDY_BELOW
     scaled_BV = logits_BV / jnp.where(greedy_B, 1.0, temperature_B)[:, None]
+    logp_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
     token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     if sample:
-        candidates_BV = _filter(scaled_BV, top_k_B, top_p_B, min_p_B) if filtering else scaled_BV
-        drawn_B = jax.vmap(jax.random.categorical)(keys_B, candidates_BV).astype(jnp.int32)
-        token_B = jnp.where(greedy_B, token_B, drawn_B)
-    return token_B, jax.nn.log_softmax(scaled_BV, axis=-1)
+        probs_BV = jax.nn.softmax(_filter(scaled_BV, top_k_B, top_p_B, min_p_B)) if filtering else jnp.exp(logp_BV)
+        token_B = jnp.where(greedy_B, token_B, _draw(keys_B, probs_BV))
+    return token_B, logp_BV
+
+
+def _draw(keys_B, probs_BV):
+    """One draw per row from probs_BV (rows need not sum to 1) by inverse CDF: the first token whose
+    cumulative probability exceeds u ~ U[0, total). One uniform per row; Gumbel-max needs V of them,
+    and threefry made that ~30-40 ms a step at 64 rows x 32K tokens on 2 CPU cores (5 ms this way).
+    A zero-probability token is never drawn: its cumulative sum equals its predecessor's."""
+    cdf_BV = jnp.cumsum(probs_BV, axis=-1)
+    u_B = jax.vmap(jax.random.uniform)(keys_B) * cdf_BV[:, -1]
+    return jnp.minimum(jnp.sum(cdf_BV <= u_B[:, None], axis=-1), probs_BV.shape[-1] - 1).astype(jnp.int32)
 
 
 def _filter(scaled_BV, top_k_B, top_p_B, min_p_B):

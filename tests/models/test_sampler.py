@@ -81,6 +81,27 @@ def test_top_k_2_only_draws_the_two_most_likely(hf_model):
     assert set(ranks) == {0, 1}  # only the top two, and both of them appear
 
 
+@pytest.mark.parametrize("top_k, top_p", [(-1, 1.0), (3, 1.0), (-1, 0.6)])
+def test_draws_follow_the_filtered_distribution(top_k, top_p):
+    """20,000 rows of one distribution at T = 0.7: draws match softmax(logits / T) renormalised over the
+    tokens the filters keep (chi-square), and filtered-out tokens are never drawn."""
+    from scipy.stats import chisquare
+    from models.sampler import sample_tokens
+
+    R, logits = 20_000, np.array([2.0, 1.5, 1.0, 0.2, -1.0, -3.0], np.float32)
+    row = lambda x, dtype: np.full(R, x, dtype)
+    keys = jax.vmap(jax.random.key)(np.arange(R))
+    token, _ = sample_tokens(np.tile(logits, (R, 1)), keys, row(0.7, np.float32), row(top_p, np.float32),
+                             row(top_k, np.int32), row(0.0, np.float32), sample=True, filtering=(top_k, top_p) != (-1, 1.0))
+    p = np.exp(logits / 0.7) / np.exp(logits / 0.7).sum()
+    keep = np.ones(len(p), bool) if top_k < 0 else np.arange(len(p)) < top_k
+    keep &= np.concatenate([[0.0], np.cumsum(p)[:-1]]) <= top_p  # SGLang's nucleus: mass above <= top_p
+    counts = np.bincount(np.asarray(token), minlength=len(p))
+    assert counts[~keep].sum() == 0
+    expected = R * p[keep] / p[keep].sum()
+    assert chisquare(counts[keep], expected).pvalue > 1e-3
+
+
 def test_stop_token_ends_the_row(hf_model):
     cfg, params, _ = _load(hf_model)
     prompts = _prompts()
