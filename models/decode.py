@@ -34,16 +34,17 @@ def init_layer_caches(cfg: ModelConfig, batch: int, length: int) -> list[dict]:
 
 
 def hidden_states_unrolled(weights, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, caches: list[dict],
-                           q_offset=0):
+                           q_offset=0, slots_B=None):
     """As `models.transformer.hidden_states` with a cache, over `unstack_layers` weights and per-layer caches.
 
-    The new keys and values are written at slots q_offset.. of every row; kv_valid covers all S slots.
-    Returns the final-normed hidden states [B, T, D] and the updated caches.
+    The new keys and values are written at slots q_offset.. of every row, or (one token per row) at
+    each row's slot slots_B; kv_valid covers all S slots. Returns the final-normed hidden states
+    [B, T, D] and the updated caches.
     """
     x_BTD = weights["embed"].astype(cfg.dtype)[tokens_BT]
     cos, sin = rope_tables(cfg, positions_BT)
     new_caches = []
     for layer, cache in zip(weights["layers"], caches):
-        x_BTD, cache = _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, 0)
+        x_BTD, cache = _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, 0, slots_B=slots_B)
         new_caches.append(cache)
     return rms_norm(x_BTD, weights["final_norm"], cfg.rms_norm_eps), new_caches

@@ -43,10 +43,11 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
 
 
 def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache=None, i=None, *,
-                   segment_ids_BT=None):
+                   segment_ids_BT=None, slots_B=None):
     """One pre-norm block (layer i of a stacked [L, B, S, K, H] cache, if any); returns x and the cache
-    with this call's keys/values written at slots q_offset.. With segment_ids_BT (packed rows, no
-    cache) a token attends only to its own segment."""
+    with this call's keys/values written at slots q_offset.., or for one token per row at each row's
+    own slot slots_B (then every slot is causally visible: kv_valid_BS alone says which keys a row
+    sees). With segment_ids_BT (packed rows, no cache) a token attends only to its own segment."""
     layer = jax.tree.map(lambda w: w.astype(cfg.dtype), layer)
     h_BTD = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
     q_BTNH, k_BTKH, v_BTKH = dense(h_BTD, layer["q"]), dense(h_BTD, layer["k"]), dense(h_BTD, layer["v"])
@@ -61,8 +62,14 @@ def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offs
     else:
         # Write into the stacked cache first, then read the layer back: nothing reads the cache before
         # its in-place update, so XLA needs no copy of it (reading first cost 4 full-cache copies a layer).
-        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BTKH[None], (i, 0, q_offset, 0, 0)),
-                 "v": jax.lax.dynamic_update_slice(cache["v"], v_BTKH[None], (i, 0, q_offset, 0, 0))}
+        if slots_B is None:
+            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BTKH[None], (i, 0, q_offset, 0, 0)),
+                     "v": jax.lax.dynamic_update_slice(cache["v"], v_BTKH[None], (i, 0, q_offset, 0, 0))}
+        else:  # a scatter, also in place; writing at a shared slot and moving it after the read copied the cache
+            rows_B = jnp.arange(x_BTD.shape[0])
+            cache = {"k": cache["k"].at[i, rows_B, slots_B].set(k_BTKH[:, 0]),
+                     "v": cache["v"].at[i, rows_B, slots_B].set(v_BTKH[:, 0])}
+            q_offset = cache["k"].shape[2] - 1
         k_BSKH, v_BSKH = cache["k"][i], cache["v"][i]
     attn_BTNH = attention(cfg, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS,
                           q_segment_BT=segment_ids_BT, kv_segment_BS=segment_ids_BT)

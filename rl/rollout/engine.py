@@ -6,10 +6,9 @@ and frees the slot of every finished request at once, so a group whose completio
 different lengths keeps the batch full. Sampling parameters and seeds stay per request.
 
 Cache layout: per layer, [1, slots, S, kv_heads, head_dim]. A row's token at sequence index t sits at
-slot t, so RoPE positions equal slots and rows advance independently. Slot S-1 is scratch: each step
-writes every row's new key/value there (one shared offset, as `models.transformer._decoder_layer`
-writes), attends with it, then moves it to the row's own slot. S grows and shrinks in powers of two
-with the longest running row, so attention reads only what the rows hold.
+slot t, so RoPE positions equal slots and rows advance independently: each step writes every row's new
+key/value at its own slot (a scatter, in place, before attention reads the cache). S grows and shrinks
+in powers of two with the longest running row, so attention reads only what the rows hold.
 
 Semantics are the sampler's (`models.sampler`): logprobs are log_softmax(logits / temperature) before
 filtering, the matched stop token is part of the output, temperature < 1e-6 is greedy. A sample's
@@ -477,13 +476,9 @@ def _prompt_logprobs(weights, tokens_1P, temperature, *, cfg):
 def _step(weights, caches, token_B, pos_B, seed_B, index_B, step_B, temperature_B, top_p_B, top_k_B, min_p_B, *,
           cfg, sample, filtering, top_n):
     """Feed each row's last token (sequence index pos_B) and draw the next one."""
-    B, S = token_B.shape[0], caches[0]["k"].shape[2]
-    scratch = S - 1
-    slots_S = jnp.arange(S)
-    kv_valid_BS = (slots_S[None, :] < pos_B[:, None]) | (slots_S[None, :] == scratch)
+    S = caches[0]["k"].shape[2]
+    kv_valid_BS = jnp.arange(S)[None, :] <= pos_B[:, None]
     h_B1D, caches = hidden_states_unrolled(weights, cfg, token_B[:, None], kv_valid_BS, pos_B[:, None], caches,
-                                           scratch)
-    rows_B = jnp.arange(B)
-    caches = [{n: c[n].at[0, rows_B, pos_B].set(c[n][0, :, scratch]) for n in c} for c in caches]
+                                           slots_B=pos_B)
     return (caches,) + _sample(weights, cfg, h_B1D[:, 0], _keys(seed_B, index_B, step_B), temperature_B, top_p_B,
                                top_k_B, min_p_B, sample, filtering, top_n)
