@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--micro-batches", type=int, default=2, help="gradient accumulation steps (default 2)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per side, interleaved (default 3)")
     p.add_argument("--remat", default="none", choices=("none", "full", "matmuls"), help="remat policy (default none)")
+    p.add_argument("--attention", default="auto", choices=("auto", "reference", "blockwise"),
+                   help="attention path of both sides (default auto: reference below blockwise_min_len tokens)")
     p.add_argument("--matmul-size", type=int, default=2048, help="M of the [M,M]@[M,M] peak probe (default 2048)")
     p.add_argument("--matmul-repeats", type=int, default=10, help="repeats of the peak probe (default 10)")
     p.add_argument("--skip-packing-run", action="store_true", help="skip part 3 (two more compiles)")
@@ -58,12 +60,13 @@ def parse_args(argv=None):
     return args
 
 
-def model(hf: dict, remat: str):
+def model(hf: dict, remat: str, attention: str = "auto"):
     import jax
 
     import models
     cfg = models.ModelConfig.from_hf_dict(dict(hf, architectures=["Qwen3ForCausalLM"], rope_theta=1e6,
-                                               rms_norm_eps=1e-6, max_position_embeddings=4096), remat=remat)
+                                               rms_norm_eps=1e-6, max_position_embeddings=4096), remat=remat,
+                                              attention=attention)
     return cfg, jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
 
 
@@ -193,8 +196,8 @@ def main(argv=None):
     hf = QWEN3_QUICK if args.quick else QWEN3_100M
     print(f"jax {jax.__version__} ({jax.default_backend()}), cpu_count {os.cpu_count()}; config hidden "
           f"{hf['hidden_size']}, layers {hf['num_hidden_layers']}, vocab {hf['vocab_size']}; batch {args.batch} x "
-          f"{args.seq_len}, {args.micro_batches} micro-batches, remat {args.remat}")
-    cfg, params = model(hf, args.remat)
+          f"{args.seq_len}, {args.micro_batches} micro-batches, remat {args.remat}, attention {args.attention}")
+    cfg, params = model(hf, args.remat, args.attention)
     update_vs_forward_backward(args, hf, cfg, params,
                                lambda: matmul_peak(args.matmul_size, args.matmul_repeats, os.cpu_count(), False)["jax"])
     padding_at_scale(np.random.default_rng(args.seed))
