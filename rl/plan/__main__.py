@@ -97,7 +97,7 @@ def main(argv=None) -> int:
             log = lambda line: print(line, flush=True)  # noqa: E731
             plans = ([plan(exp, cfg, topo, **kw)] if args.no_search else
                      search(exp, cfg, topo, max_doublings=SEARCH_DOUBLINGS, log=log, **kw))
-            shown = [plans[0]] + ([plans[-1]] if len(plans) > 1 else [])
+            shown, start = [plans[0]] + ([plans[-1]] if len(plans) > 1 else []), len(out)
             for p in shown:
                 out.append(report.detail(p, args.mfu))
                 summary.append(report.summary_row(p, args.mfu))
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                 out.append(f"Temporaries per token per layer ({plans[-1].remat} remat, one row per device, "
                            f"full vs half response length): {compiled / 1024:.1f} KiB compiled, {expected / 1024:.1f} "
                            f"KiB arithmetic ({compiled / expected:.2f}x).\n")
-            print("\n".join(out[-len(shown) - int(args.slope):]), flush=True)
+            print("\n".join(out[start:]), flush=True)
     text = "\n".join(out) + "\n## Summary\n\n" + report.SUMMARY_HEAD + "".join(summary)
     print("## Summary\n\n" + report.SUMMARY_HEAD + "".join(summary))
     if args.layers:

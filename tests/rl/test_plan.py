@@ -1,6 +1,8 @@
 """rl.plan: topology names, the abstract batch against a real pack, the arithmetic against a real init
 and a compiled CPU mesh, and TPU compiles whose memory responds to micro-batches and remat."""
 import math
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -106,3 +108,20 @@ def test_tpu_memory_responds_to_micro_batches_and_remat():
     assert four.update.temporaries < 0.6 * full.update.temporaries
     assert none.update.temporaries > 1.3 * full.update.temporaries
     assert np.isclose(none.update.arguments, full.update.arguments)
+
+
+# ---- the command -------------------------------------------------------------------------------
+def test_command_prints_the_table_and_writes_markdown(tmp_path):
+    """`python -m rl.plan` end to end in a fresh process (it sets the JAX platform and device count
+    before jax starts): a fitting tiny plan on a CPU mesh, and a clear refusal of a bad topology."""
+    out = tmp_path / "plan.md"
+    run = subprocess.run([sys.executable, "-m", "rl.plan", "tiny_dapo", "--topology", "cpu:4", "--layers", "1",
+                          "--no-search", "--no-logprobs", "--markdown", str(out)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    row = next(line for line in run.stdout.splitlines() if line.startswith("| tiny_dapo | cpu:4 |"))
+    assert "fits" in row and "does not fit" not in row
+    assert "| peak |" in run.stdout and row in out.read_text()
+    bad = subprocess.run([sys.executable, "-m", "rl.plan", "tiny_dapo", "--topology", "v9-8"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown topology 'v9-8'" in bad.stderr
