@@ -86,12 +86,18 @@ async def run_all(state: ServerState, requests: list[Request], http: HttpRequest
 
 
 async def stream_all(state: ServerState, requests: list[Request]) -> AsyncIterator[int]:
-    """Submit and yield the index of each request as it gains a token or finishes."""
+    """Submit and yield the index of each request as it gains a token or finishes. It ends once every
+    request was yielded with its finish set: the engine sets finish before its last notification, so
+    stopping when every finish is merely set could drop the last chunk still in flight."""
     queue = attach(requests, stream=True)
     state.engine.submit(requests)
+    ended = set()
     try:
-        while not all(r.finish for r in requests) or not queue.empty():
-            yield await queue.get()
+        while len(ended) < len(requests):
+            i = await queue.get()
+            if requests[i].finish:
+                ended.add(i)
+            yield i
     finally:
         for rid in {r.rid for r in requests if not r.finish}:
             state.engine.abort(rid, message="client disconnected")
