@@ -38,11 +38,6 @@ def param_bytes(cfg: ModelConfig) -> int:
     return param_count(cfg) * itemsize(cfg.param_dtype)
 
 
-def optimizer_bytes(cfg: ModelConfig) -> int:
-    """AdamW's mu and nu, in the params' dtype (sharded like them)."""
-    return 2 * param_bytes(cfg)
-
-
 def per_device_bytes(tree) -> int:
     """Bytes one device holds of a pytree of jax.ShapeDtypeStruct with shardings (the most any holds)."""
     import jax

@@ -27,7 +27,7 @@ class Plan:
     update: Compiled
     logprobs: Compiled | None
     params: int                  # per device, from the shardings (arithmetic)
-    optimizer: int               # per device, 2 x params (arithmetic)
+    optimizer: int               # per device, the trainer's optimizer state (Adam's moments, counters)
     batch: int                   # per device, the packed batch's arrays
     activation_per_token: int    # arith.activation_bytes_per_token at this remat
     fixed_temporaries: float     # arith.fixed_temporaries, summed
@@ -63,7 +63,6 @@ class Plan:
     def step_seconds(self, mfu: float) -> float:
         return self.flops.model / (self.topology.chips * self.topology.chip.peak_flops * mfu)
 
-
     @property
     def expected_peak(self) -> float:
         """The arithmetic's peak: state and batch, plus its temporaries (outputs are written in place)."""
@@ -80,13 +79,13 @@ def plan(exp, cfg, topo: Topology, *, compile: bool = True, logprobs: bool = Tru
     mesh = dict(tr.mesh.shape)
     update = compile_update(tr, shape) if compile else Compiled()
     lp = compile_logprobs(tr, shape) if compile and logprobs and not update.error else None
-    param_dev = arith.per_device_bytes(tr.abstract_state().params)
+    state = tr.abstract_state()
     batch_dev = arith.per_device_bytes(_with_shardings(abstract_batch(shape), tr.batch_shardings))
     fixed = sum(arith.fixed_temporaries(cfg, topo.chips, mesh["tensor"]).values())
     flops = arith.step_flops(cfg, shape.token_slots, shape.row_len, cfg.remat, old_logprobs=shape.mini > 1,
                              reference=exp.objective.kl_coef > 0)
-    return Plan(exp.name, topo, exp.batch.micro_batches, cfg.remat, mesh, shape, update, lp, param_dev,
-                2 * param_dev, batch_dev, arith.activation_bytes_per_token(cfg, cfg.remat), fixed,
+    return Plan(exp.name, topo, exp.batch.micro_batches, cfg.remat, mesh, shape, update, lp,
+                arith.per_device_bytes(state.params), arith.per_device_bytes(state.opt_state), batch_dev, arith.activation_bytes_per_token(cfg, cfg.remat), fixed,
                 cfg.num_layers, flops)
 
 
@@ -94,8 +93,7 @@ def temporaries_slope(exp, cfg, topo: Topology, **kw) -> tuple[float, float, Pla
     """Temporaries per token per layer as XLA allocates them (the difference between compiles at the
     full response length and at half of it, one row per device), against the arithmetic's
     activation bytes per token / layers. Returns (compiled, arithmetic, long plan, short plan)."""
-    one_row = micro_batch_ladder(exp.replace(batch=dict(micro_batches=1)), topo.chips // exp.mesh.tensor)
-    exp = exp.replace(batch=dict(micro_batches=one_row[-1] if one_row else 1))
+    exp = _one_row_per_device(exp, topo)
     long = plan(exp, cfg, topo, logprobs=False, **kw)
     half = exp.replace(rollout=dict(max_response_tokens=exp.rollout.max_response_tokens // 2, context_stages=()))
     short = plan(half, cfg, topo, logprobs=False, **kw)
@@ -137,8 +135,13 @@ def candidates(exp, topo: Topology, max_doublings: int):
         yield exp.replace(batch=dict(micro_batches=micro)), topo
     for _ in range(max_doublings):
         topo = bigger(topo)
-        one_row = micro_batch_ladder(exp.replace(batch=dict(micro_batches=1)), topo.chips // exp.mesh.tensor)
-        yield exp.replace(batch=dict(micro_batches=one_row[-1] if one_row else 1)), topo
+        yield _one_row_per_device(exp, topo), topo
+
+
+def _one_row_per_device(exp, topo: Topology):
+    """exp with the micro-batch count that gives each data x fsdp shard of `topo` one row."""
+    ladder = micro_batch_ladder(exp.replace(batch=dict(micro_batches=1)), topo.chips // exp.mesh.tensor)
+    return exp.replace(batch=dict(micro_batches=ladder[-1] if ladder else 1))
 
 
 def search(exp, cfg, topo: Topology, *, max_doublings: int = 4, log=print, **kw) -> list[Plan]:

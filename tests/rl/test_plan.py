@@ -90,8 +90,9 @@ def test_cpu_mesh_arguments_are_the_arithmetic_parameter_optimizer_and_batch_byt
     norms = sum(math.prod(w.shape) * (CFG.num_layers if w.stacked else 1) for w in weight_table(CFG)
                 if w.axes == ("norm",)) * 4
     assert p.params == (arith.param_bytes(CFG) - norms) / 8 + norms
-    assert p.optimizer == 2 * p.params
-    scalars = p.update.arguments - p.params - p.optimizer - p.batch  # step, rng, Adam's count and lr
+    # The trainer's optimizer state: Adam's two moments sharded like the params, plus its counters.
+    assert 2 * p.params <= p.optimizer <= 2 * p.params + 64, (p.optimizer, p.params)
+    scalars = p.update.arguments - p.params - p.optimizer - p.batch  # step, rng
     assert 0 <= scalars <= 64, scalars
 
 
