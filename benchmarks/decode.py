@@ -29,6 +29,7 @@ from models.sampler import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import QWEN3_100M, QWEN3_QUICK, random_qwen3_checkpoint  # noqa: E402
+from rl.hugepages import reexec_with_huge_pages  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -173,4 +174,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from models.logprobs import DEFAULT_CHUNK, chunked_logprobs
+from rl.hugepages import reexec_with_huge_pages
 
 GIB = 2**30
 
@@ -66,4 +67,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -2,7 +2,7 @@
 side, on the ~100M benchmark model; then what sequence packing saves on mixed-length batches.
 
 1. Update throughput. Both sides see the same weights and the same 8 x 512 tokens (64 prompt + 448
-   response tokens a row), float32, interleaved, median step:
+   response tokens a row), float32, blockwise attention in 256-token tiles, interleaved, median step:
      update:   Trainer.update: DAPO loss from chunked token logprobs, 2 micro-batches accumulated
                under lax.scan, global norm clip, AdamW; one jitted call, state donated
      fwd+bwd:  benchmarks.train_step's step: value_and_grad of next-token cross-entropy on full logits
@@ -15,6 +15,9 @@ side, on the ~100M benchmark model; then what sequence packing saves on mixed-le
    at the 40,000 limit: one rollout per 41,000-token row versus packed into such rows.
 3. Packing measured: the update on 16 rollouts of 32-1,024 tokens (blockwise attention, full remat),
    padded versus packed into 1,024-token rows: real tokens per second of each, and the ratio.
+
+The process runs itself again with glibc's huge-page tunable first (rl/hugepages.py), as the
+`python -m rl.*` entry points do.
 
     .venv/bin/python -m benchmarks.update_step            # ~100M Qwen3, all three parts
     .venv/bin/python -m benchmarks.update_step --quick    # a small config, a smoke test
@@ -33,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import QWEN3_100M, QWEN3_QUICK  # noqa: E402
 from benchmarks.train_step import jax_step_fn, matmul_peak, step_flops, timed  # noqa: E402
+from rl.hugepages import reexec_with_huge_pages, thp_mode  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -44,8 +48,11 @@ def parse_args(argv=None):
     p.add_argument("--micro-batches", type=int, default=2, help="gradient accumulation steps (default 2)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per side, interleaved (default 3)")
     p.add_argument("--remat", default="none", choices=("none", "full", "matmuls"), help="remat policy (default none)")
-    p.add_argument("--attention", default="auto", choices=("auto", "reference", "blockwise"),
-                   help="attention path of both sides (default auto: reference below blockwise_min_len tokens)")
+    p.add_argument("--attention", default="blockwise", choices=("auto", "reference", "blockwise"),
+                   help="attention path of both sides (default blockwise: faster than reference at 512 tokens "
+                        "with two tiles, which skip the masked quarter; auto: reference below blockwise_min_len)")
+    p.add_argument("--attention-block", type=int, default=256,
+                   help="blockwise tile of both sides (default 256: two tiles a 512-token row)")
     p.add_argument("--matmul-size", type=int, default=2048, help="M of the [M,M]@[M,M] peak probe (default 2048)")
     p.add_argument("--matmul-repeats", type=int, default=10, help="repeats of the peak probe (default 10)")
     p.add_argument("--skip-packing-run", action="store_true", help="skip part 3 (two more compiles)")
@@ -60,13 +67,13 @@ def parse_args(argv=None):
     return args
 
 
-def model(hf: dict, remat: str, attention: str = "auto"):
+def model(hf: dict, remat: str, attention: str = "auto", attention_block: int = 512):
     import jax
 
     import models
     cfg = models.ModelConfig.from_hf_dict(dict(hf, architectures=["Qwen3ForCausalLM"], rope_theta=1e6,
                                                rms_norm_eps=1e-6, max_position_embeddings=4096), remat=remat,
-                                              attention=attention)
+                                              attention=attention, attention_block=attention_block)
     return cfg, jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
 
 
@@ -196,8 +203,10 @@ def main(argv=None):
     hf = QWEN3_QUICK if args.quick else QWEN3_100M
     print(f"jax {jax.__version__} ({jax.default_backend()}), cpu_count {os.cpu_count()}; config hidden "
           f"{hf['hidden_size']}, layers {hf['num_hidden_layers']}, vocab {hf['vocab_size']}; batch {args.batch} x "
-          f"{args.seq_len}, {args.micro_batches} micro-batches, remat {args.remat}, attention {args.attention}")
-    cfg, params = model(hf, args.remat, args.attention)
+          f"{args.seq_len}, {args.micro_batches} micro-batches, remat {args.remat}, attention {args.attention} "
+          f"(tile {args.attention_block}); "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (THP {thp_mode() or 'absent'})")
+    cfg, params = model(hf, args.remat, args.attention, args.attention_block)
     update_vs_forward_backward(args, hf, cfg, params,
                                lambda: matmul_peak(args.matmul_size, args.matmul_repeats, os.cpu_count(), False)["jax"])
     padding_at_scale(np.random.default_rng(args.seed))
@@ -205,4 +214,5 @@ def main(argv=None):
         packing_measured(args, hf, cfg, params)
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from rl.hugepages import reexec_with_huge_pages
+
 DEFAULT_CONCURRENCY = 256
 
 
@@ -334,4 +336,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     sys.exit(main())

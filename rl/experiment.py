@@ -45,6 +45,7 @@ class ModelSection:
     param_dtype: str = "float32"        # master weights (f32 master, bf16 compute)
     remat: str = "full"                 # "none" | "full" | "matmuls"
     attention: str = "blockwise"        # "auto" | "reference" | "blockwise" | "cudnn"
+    attention_block: int = 512          # blockwise tile, queries and keys (256 is faster on CPU at 512 tokens)
     max_context: int = 0                # > native length: YaRN factor = max_context / native (0: native)
 
 
@@ -435,6 +436,7 @@ def validate(exp: Experiment, source: Source | str = "<experiment>", *, devices:
                                 ("model.remat", m.remat, REMAT_POLICIES),
                                 ("model.attention", m.attention, ATTENTION_IMPLS)):
         check(key, value in allowed, f"{value!r} is not one of {allowed}{_did_you_mean(value, allowed)}")
+    check("model.attention_block", m.attention_block >= 1, f"must be >= 1 (tokens per tile), got {m.attention_block}")
     check("model.max_context", m.max_context >= 0, f"must be >= 0 (0: the model's own length), got {m.max_context}")
 
     axes = {"mesh.data": exp.mesh.data, "mesh.fsdp": exp.mesh.fsdp, "mesh.tensor": exp.mesh.tensor}
@@ -587,7 +589,7 @@ def model_config(exp: Experiment) -> ModelConfig:
     m = exp.model
     try:
         cfg = ModelConfig.from_file(m.path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                                    attention=m.attention)
+                                    attention=m.attention, attention_block=m.attention_block)
     except ConfigError as e:
         raise ExperimentError(f"model.path: {e}") from None
     native = cfg.max_position_embeddings

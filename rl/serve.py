@@ -12,6 +12,8 @@ import argparse
 import logging
 import sys
 
+from rl.hugepages import reexec_with_huge_pages
+
 ENGINES = ("embedded", "sglang")
 
 
@@ -57,4 +59,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     sys.exit(main())

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from rl.experiment import Experiment, ExperimentError, available, check_resources, load, validate
+from rl.hugepages import reexec_with_huge_pages
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,4 +123,5 @@ def _improved(summary: dict) -> bool:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     sys.exit(main())

@@ -81,6 +81,11 @@ def test_14b_experiments_resolve_the_real_model_shapes(name, real_configs):
     assert (cfg.dtype, cfg.param_dtype, cfg.remat, cfg.rope_scaling) == ("bfloat16", "float32", "full", ())
 
 
+def test_attention_tile_reaches_the_model_config(real_configs):
+    exp, _ = load("nouscoder_14b_gspo_40k", [f"model.path={real_configs['qwen3']}", "model.attention_block=256"])
+    assert (model_config(exp).attention, model_config(exp).attention_block) == ("blockwise", 256)
+
+
 def test_max_context_turns_on_yarn(real_configs):
     exp, _ = load("nouscoder_14b_gspo_40k", [f"model.path={real_configs['qwen3']}", "model.max_context=81920"])
     cfg = model_config(exp)
@@ -157,6 +162,7 @@ BAD = [  # (section, field changes, the key named, a fragment of the message)
     ("model", dict(dtype="bf16"), "model.dtype", "bfloat16"),
     ("model", dict(remat="partial"), "model.remat", "matmuls"),
     ("model", dict(attention="flash"), "model.attention", "cudnn"),
+    ("model", dict(attention_block=0), "model.attention_block", ">= 1"),
     ("mesh", dict(data=0), "mesh.data", ">= 1"),
     ("data", dict(window="2024-02-30:2024-03-01"), "data.window", "not a YYYY-MM-DD date"),
     ("data", dict(eval_window="2025-01-01:2024-01-01"), "data.eval_window", "starts after it ends"),
