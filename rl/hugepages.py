@@ -36,10 +36,12 @@ def tunables_with_huge_pages(current: str | None) -> str | None:
 
 def reexec_with_huge_pages() -> None:
     """Run this process again with hugetlb=1 (once), where the kernel madvises THP; else do nothing."""
-    if sys.platform != "linux" or not sys.executable or thp_mode() != "madvise":  # "always" needs no advice, "never" takes none
+    # "always" needs no advice and "never" takes none.
+    if sys.platform != "linux" or not sys.executable or thp_mode() != "madvise":
         return
     tunables = tunables_with_huge_pages(os.environ.get("GLIBC_TUNABLES"))
     if tunables is None:
         return
-    sys.stdout.flush(), sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "GLIBC_TUNABLES": tunables})
