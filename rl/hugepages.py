@@ -4,8 +4,9 @@ XLA on CPU allocates every execution's temporaries afresh: one 5 GB buffer per u
 ~100M benchmark model. glibc maps such a buffer with mmap, and the kernel faults it in and zeroes it
 4 KiB at a time: 1.5M page faults and ~5 s of kernel time per step. glibc's `glibc.malloc.hugetlb=1`
 tunable marks those mappings MADV_HUGEPAGE (transparent huge pages in "madvise" mode, the usual
-default): 2 MiB faults, ~4,000 of them per update. glibc reads tunables only when a process starts, so the process
-runs itself again once with the tunable set. `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` opts out.
+default): 2 MiB faults, ~4,000 of them per update. glibc reads tunables only when a process
+starts, so the process runs itself again once with the tunable set.
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0` opts out.
 """
 from __future__ import annotations
 
