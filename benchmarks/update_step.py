@@ -16,8 +16,8 @@ side, on the ~100M benchmark model; then what sequence packing saves on mixed-le
 3. Packing measured: the update on 16 rollouts of 32-1,024 tokens (blockwise attention, full remat),
    padded versus packed into 1,024-token rows: real tokens per second of each, and the ratio.
 
-The process runs itself again with glibc's huge-page tunable first (rl/hugepages.py), as the
-`python -m rl.*` entry points do.
+The process runs itself again with glibc's huge-page tunable first (rl/hugepages.py), as
+`python -m rl.train`, `rl.serve` and `rl.evaluate` do.
 
     .venv/bin/python -m benchmarks.update_step            # ~100M Qwen3, all three parts
     .venv/bin/python -m benchmarks.update_step --quick    # a small config, a smoke test
@@ -67,13 +67,12 @@ def parse_args(argv=None):
     return args
 
 
-def model(hf: dict, remat: str, attention: str = "auto", attention_block: int = 512):
+def model(hf: dict, **runtime):
     import jax
 
     import models
     cfg = models.ModelConfig.from_hf_dict(dict(hf, architectures=["Qwen3ForCausalLM"], rope_theta=1e6,
-                                               rms_norm_eps=1e-6, max_position_embeddings=4096), remat=remat,
-                                              attention=attention, attention_block=attention_block)
+                                               rms_norm_eps=1e-6, max_position_embeddings=4096), **runtime)
     return cfg, jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
 
 
@@ -206,7 +205,7 @@ def main(argv=None):
           f"{args.seq_len}, {args.micro_batches} micro-batches, remat {args.remat}, attention {args.attention} "
           f"(tile {args.attention_block}); "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (THP {thp_mode() or 'absent'})")
-    cfg, params = model(hf, args.remat, args.attention, args.attention_block)
+    cfg, params = model(hf, remat=args.remat, attention=args.attention, attention_block=args.attention_block)
     update_vs_forward_backward(args, hf, cfg, params,
                                lambda: matmul_peak(args.matmul_size, args.matmul_repeats, os.cpu_count(), False)["jax"])
     padding_at_scale(np.random.default_rng(args.seed))

@@ -16,8 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-from rl.experiment import Experiment, ExperimentError, available, check_resources, load, validate
 from rl.hugepages import reexec_with_huge_pages
+
+if __name__ == "__main__":  # before jax loads below: glibc reads its tunables only at start-up
+    reexec_with_huge_pages()
+
+from rl.experiment import Experiment, ExperimentError, available, check_resources, load, validate  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -123,5 +127,4 @@ def _improved(summary: dict) -> bool:
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()
     sys.exit(main())

@@ -9,7 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from rl.hugepages import reexec_with_huge_pages
 from rl.tiny.build import BuildSettings, build
 from rl.tiny.tasks import ASSETS, HELDOUT_FILE, TRAIN_FILE, make_splits, write_jsonl
 
@@ -58,5 +57,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()
     sys.exit(main())
