@@ -75,7 +75,7 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> tuple[float, str]:
 def step_scan_vs_unrolled(params, cfg, B: int, S: int, repeats: int) -> None:
     """One KV-cache decode step through `hidden_states` (lax.scan over stacked layers, as training
     runs) against `models.decode` (layers sliced once, loop unrolled), timed interleaved."""
-    from models.decode import hidden_states_unrolled, split_cache, unstack_layers
+    from models.decode import decode_logits, hidden_states_unrolled, split_cache, unstack_layers
     from models.transformer import hidden_states, init_cache, unembedding
 
     tokens, valid, pos = jnp.ones((B, 1), jnp.int32), jnp.ones((B, S), jnp.int32), jnp.full((B, 1), S // 2)
@@ -83,7 +83,7 @@ def step_scan_vs_unrolled(params, cfg, B: int, S: int, repeats: int) -> None:
     def logits(forward):  # the step's whole read: every layer, then the unembedding
         def step(weights, cache):
             h_B1D, cache = forward(weights, cfg, tokens, valid, pos, cache, S // 2)
-            return jnp.einsum("BD,VD->BV", h_B1D[:, 0], unembedding(weights, cfg)), cache
+            return decode_logits(h_B1D[:, 0], unembedding(weights, cfg)), cache
         return jax.jit(step, donate_argnums=1)
 
     scan, unrolled = logits(hidden_states), logits(hidden_states_unrolled)

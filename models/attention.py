@@ -23,17 +23,23 @@ MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so fully padded row
 
 def reference_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, *, q_segment_BT=None, kv_segment_BS=None):
     """Plain softmax attention that builds the [T, S] score matrix; the path to check others against."""
-    B, T, N, H = q_BTNH.shape
-    K = k_BSKH.shape[2]
     # Batch axes (B, K) first on every operand, so XLA's CPU dots run as batched matmuls without
     # transposing inside the dot and its gradients.
+    return reference_attention_bksh(q_BTNH, k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3), q_offset,
+                                    kv_valid_BS, q_segment_BT=q_segment_BT, kv_segment_BS=kv_segment_BS)
+
+
+def reference_attention_bksh(q_BTNH, k_BKSH, v_BKSH, q_offset, kv_valid_BS, *, q_segment_BT=None,
+                             kv_segment_BS=None):
+    """`reference_attention` over keys and values laid out [B, K, S, H], as models.decode keeps its caches."""
+    B, T, N, H = q_BTNH.shape
+    K = k_BKSH.shape[1]
     q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-    k_BKSH, v_BKSH = k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3)
     scores_BKGTS = jnp.einsum("BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH,
                               preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(H))
-    visible_BTS = causal_visibility(T, k_BSKH.shape[1], q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)
+    visible_BTS = causal_visibility(T, k_BKSH.shape[2], q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)
     scores_BKGTS = jnp.where(visible_BTS[:, None, None], scores_BKGTS, MASKED)
-    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKH.dtype)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BKSH.dtype)
     out_BKGTH = jnp.einsum("BKGTS,BKSH->BKGTH", probs_BKGTS, v_BKSH)
     return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 

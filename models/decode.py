@@ -1,19 +1,32 @@
-"""The decoder for KV-cache decoding: a Python loop over per-layer weights instead of `lax.scan`.
+"""The decoder for KV-cache decoding: a Python loop over per-layer weights and caches instead of `lax.scan`.
 
 Under `lax.scan` over stacked weights XLA on CPU copies each layer's weight slice before its matmuls
 on every step, which roughly doubles the bytes a decode step moves. Here the stacked weights are
 sliced once per weight version (`unstack_layers`), each layer has its own cache arrays, and the
 layer loop is unrolled inside the jitted step: every weight is read once, in place. Training and
 prefill keep the scan (`models.transformer.hidden_states`), whose compile time does not grow with depth.
+
+The per-layer caches are laid out [B, K, S, H], the layout attention's batched dots read: a
+one-token step then reads each cache in place instead of transposing all of it (a copy of every
+layer's keys and values per step in the [B, S, K, H] layout the scan keeps).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from models.attention import attention, reference_attention_bksh
 from models.config import ModelConfig
 from models.layers import rms_norm, rope_tables
-from models.transformer import _decoder_layer
+from models.transformer import layer_output, layer_qkv
+
+
+def decode_logits(h_BD, unembed_VD) -> jax.Array:
+    """Float32 logits [B, V] of one position per row, computed as [V, B] and transposed: with the [V, D]
+    unembedding as the left operand, XLA's CPU dot reads it in place rather than transposing all of it
+    on every step (~10% of a batch-8 step on the ~100M benchmark model, docs/performance.md)."""
+    logits_VB = jnp.einsum("VD,BD->VB", unembed_VD, h_BD, preferred_element_type=jnp.float32)
+    return jax.lax.optimization_barrier(logits_VB).T  # else XLA folds the transpose back into the dot
 
 
 def unstack_layers(params) -> dict:
@@ -24,18 +37,20 @@ def unstack_layers(params) -> dict:
 
 
 def split_cache(cache_LBSKH: dict) -> list[dict]:
-    """A stacked {"k", "v"} [L, B, S, K, H] cache as L caches of [1, B, S, K, H] (one per layer)."""
-    return [{name: c[i:i + 1] for name, c in cache_LBSKH.items()} for i in range(cache_LBSKH["k"].shape[0])]
+    """A stacked {"k", "v"} [L, B, S, K, H] cache (the scan's) as L caches of [B, K, S, H]."""
+    return [{name: c[i].transpose(0, 2, 1, 3) for name, c in cache_LBSKH.items()}
+            for i in range(cache_LBSKH["k"].shape[0])]
 
 
 def init_layer_caches(cfg: ModelConfig, batch: int, length: int) -> list[dict]:
-    shape = (1, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
     return [{"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)} for _ in range(cfg.num_layers)]
 
 
 def hidden_states_unrolled(weights, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, caches: list[dict],
                            q_offset=0, slots_B=None):
-    """As `models.transformer.hidden_states` with a cache, over `unstack_layers` weights and per-layer caches.
+    """As `models.transformer.hidden_states` with a cache, over `unstack_layers` weights and per-layer
+    [B, K, S, H] caches.
 
     The new keys and values are written at slots q_offset.. of every row, or (one token per row) at
     each row's slot slots_B; kv_valid covers all S slots. Returns the final-normed hidden states
@@ -45,6 +60,27 @@ def hidden_states_unrolled(weights, cfg: ModelConfig, tokens_BT, kv_valid_BS, po
     cos, sin = rope_tables(cfg, positions_BT)
     new_caches = []
     for layer, cache in zip(weights["layers"], caches):
-        x_BTD, cache = _decoder_layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, 0, slots_B=slots_B)
+        x_BTD, cache = _layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, slots_B)
         new_caches.append(cache)
     return rms_norm(x_BTD, weights["final_norm"], cfg.rms_norm_eps), new_caches
+
+
+def _layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, slots_B):
+    layer = jax.tree.map(lambda w: w.astype(cfg.dtype), layer)
+    q_BTNH, k_BTKH, v_BTKH = layer_qkv(cfg, x_BTD, layer, cos, sin)
+    k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
+    # Write before anything reads the cache, so XLA updates it in place (reading first copied it).
+    if slots_B is None:
+        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BKTH, (0, 0, q_offset, 0)),
+                 "v": jax.lax.dynamic_update_slice(cache["v"], v_BKTH, (0, 0, q_offset, 0))}
+    else:  # one token per row at its own slot: every slot is causally visible, kv_valid_BS says which count
+        rows_B = jnp.arange(x_BTD.shape[0])
+        cache = {"k": cache["k"].at[rows_B, :, slots_B].set(k_BKTH[:, :, 0]),
+                 "v": cache["v"].at[rows_B, :, slots_B].set(v_BKTH[:, :, 0])}
+        q_offset = cache["k"].shape[2] - 1
+    if x_BTD.shape[1] == 1:  # a decode step: read the cache as it lies
+        attn_BTNH = reference_attention_bksh(q_BTNH, cache["k"], cache["v"], q_offset, kv_valid_BS)
+    else:  # a prefill: any attention path, over the cache in the [B, S, K, H] layout they take
+        attn_BTNH = attention(cfg, q_BTNH, cache["k"].transpose(0, 2, 1, 3), cache["v"].transpose(0, 2, 1, 3),
+                              q_offset, kv_valid_BS)
+    return layer_output(cfg, x_BTD, attn_BTNH, layer), cache

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.config import ModelConfig
-from models.decode import hidden_states_unrolled, split_cache, unstack_layers
+from models.decode import decode_logits, hidden_states_unrolled, split_cache, unstack_layers
 from models.transformer import default_positions, hidden_states, init_cache, unembedding
 
 GREEDY_BELOW = 1e-6
@@ -146,7 +146,7 @@ def decode(params, config: ModelConfig, tokens_BP, mask_BP, temperature_B, top_p
         return token_B, jnp.take_along_axis(logp_BV, token_B[:, None], axis=1)[:, 0]
 
     def last_logits(h_BTD):
-        return jnp.einsum("BD,VD->BV", h_BTD[:, -1], W_VD, preferred_element_type=jnp.float32)
+        return decode_logits(h_BTD[:, -1], W_VD)
 
     # Prefill into a cache just long enough for the prompts (attention over P keys, not P + max_new).
     h_BPD, cache = hidden_states(params, config, tokens_BP, mask_BP, default_positions(mask_BP),

@@ -43,12 +43,27 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
 
 
 def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache=None, i=None, *,
-                   segment_ids_BT=None, slots_B=None):
+                   segment_ids_BT=None):
     """One pre-norm block (layer i of a stacked [L, B, S, K, H] cache, if any); returns x and the cache
-    with this call's keys/values written at slots q_offset.., or for one token per row at each row's
-    own slot slots_B (then every slot is causally visible: kv_valid_BS alone says which keys a row
-    sees). With segment_ids_BT (packed rows, no cache) a token attends only to its own segment."""
+    with this call's keys/values written at slots q_offset... With segment_ids_BT (packed rows, no
+    cache) a token attends only to its own segment."""
     layer = jax.tree.map(lambda w: w.astype(cfg.dtype), layer)
+    q_BTNH, k_BTKH, v_BTKH = layer_qkv(cfg, x_BTD, layer, cos, sin)
+    if cache is None:
+        k_BSKH, v_BSKH = k_BTKH, v_BTKH
+    else:
+        # Write into the stacked cache first, then read the layer back: nothing reads the cache before
+        # its in-place update, so XLA needs no copy of it (reading first cost 4 full-cache copies a layer).
+        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BTKH[None], (i, 0, q_offset, 0, 0)),
+                 "v": jax.lax.dynamic_update_slice(cache["v"], v_BTKH[None], (i, 0, q_offset, 0, 0))}
+        k_BSKH, v_BSKH = cache["k"][i], cache["v"][i]
+    attn_BTNH = attention(cfg, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS,
+                          q_segment_BT=segment_ids_BT, kv_segment_BS=segment_ids_BT)
+    return layer_output(cfg, x_BTD, attn_BTNH, layer), cache
+
+
+def layer_qkv(cfg: ModelConfig, x_BTD, layer, cos, sin):
+    """A layer's queries [B, T, N, H] and keys [B, T, K, H] (normed, rotated) and values [B, T, K, H]."""
     h_BTD = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
     q_BTNH, k_BTKH, v_BTKH = dense(h_BTD, layer["q"]), dense(h_BTD, layer["k"]), dense(h_BTD, layer["v"])
     if cfg.attention_bias:
@@ -56,27 +71,14 @@ def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offs
     if cfg.qk_norm:
         q_BTNH = rms_norm(q_BTNH, layer["q_norm"], cfg.rms_norm_eps)
         k_BTKH = rms_norm(k_BTKH, layer["k_norm"], cfg.rms_norm_eps)
-    q_BTNH, k_BTKH = apply_rope(q_BTNH, cos, sin), apply_rope(k_BTKH, cos, sin)
-    if cache is None:
-        k_BSKH, v_BSKH = k_BTKH, v_BTKH
-    else:
-        # Write into the stacked cache first, then read the layer back: nothing reads the cache before
-        # its in-place update, so XLA needs no copy of it (reading first cost 4 full-cache copies a layer).
-        if slots_B is None:
-            cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BTKH[None], (i, 0, q_offset, 0, 0)),
-                     "v": jax.lax.dynamic_update_slice(cache["v"], v_BTKH[None], (i, 0, q_offset, 0, 0))}
-        else:  # a scatter, also in place; writing at a shared slot and moving it after the read copied the cache
-            rows_B = jnp.arange(x_BTD.shape[0])
-            cache = {"k": cache["k"].at[i, rows_B, slots_B].set(k_BTKH[:, 0]),
-                     "v": cache["v"].at[i, rows_B, slots_B].set(v_BTKH[:, 0])}
-            q_offset = cache["k"].shape[2] - 1
-        k_BSKH, v_BSKH = cache["k"][i], cache["v"][i]
-    attn_BTNH = attention(cfg, q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS,
-                          q_segment_BT=segment_ids_BT, kv_segment_BS=segment_ids_BT)
+    return apply_rope(q_BTNH, cos, sin), apply_rope(k_BTKH, cos, sin), v_BTKH
+
+
+def layer_output(cfg: ModelConfig, x_BTD, attn_BTNH, layer):
+    """The rest of a layer after attention: output projection, residual, MLP block, residual."""
     x_BTD = x_BTD + dense(attn_BTNH, layer["o"], contract=2)
     h_BTD = rms_norm(x_BTD, layer["mlp_norm"], cfg.rms_norm_eps)
-    x_BTD = x_BTD + swiglu_mlp(h_BTD, layer["gate"], layer["up"], layer["down"])
-    return x_BTD, cache
+    return x_BTD + swiglu_mlp(h_BTD, layer["gate"], layer["up"], layer["down"])
 
 
 def hidden_states(params, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, cache=None, q_offset=0, *,

@@ -5,10 +5,11 @@ One background thread runs the loop. At every step boundary it admits waiting re
 and frees the slot of every finished request at once, so a group whose completions end at very
 different lengths keeps the batch full. Sampling parameters and seeds stay per request.
 
-Cache layout: per layer, [1, slots, S, kv_heads, head_dim]. A row's token at sequence index t sits at
-slot t, so RoPE positions equal slots and rows advance independently: each step writes every row's new
-key/value at its own slot (a scatter, in place, before attention reads the cache). S grows and shrinks
-in powers of two with the longest running row, so attention reads only what the rows hold.
+Cache layout: per layer, [slots, kv_heads, S, head_dim] (models.decode). A row's token at sequence
+index t sits at slot t, so RoPE positions equal slots and rows advance independently: each step
+writes every row's new key/value at its own slot (a scatter, in place, before attention reads the
+cache). S grows and shrinks in powers of two with the longest running row, so attention reads only
+what the rows hold.
 
 Semantics are the sampler's (`models.sampler`): logprobs are log_softmax(logits / temperature) before
 filtering, the matched stop token is part of the output, temperature < 1e-6 is greedy. A sample's
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.config import ModelConfig
-from models.decode import hidden_states_unrolled, init_layer_caches, unstack_layers
+from models.decode import decode_logits, hidden_states_unrolled, init_layer_caches, unstack_layers
 from models.sampler import GREEDY_BELOW, SamplingParams, bucket, needs_filtering, sample_tokens
 from models.logprobs import chunked_logprobs
 from models.transformer import unembedding
@@ -262,7 +263,7 @@ class Engine:
         at the new width; S, the slots per row, follows the longest row in powers of two.
         """
         active = [b for b in range(self.slots) if self._rows[b] is not None]
-        W_have, S_have = (self._caches[0]["k"].shape[1:3]) if self._caches else (0, 0)
+        W_have, _, S_have, _ = self._caches[0]["k"].shape if self._caches else (0, 0, 0, 0)
         S = max(MIN_CACHE, bucket(longest + 1, MIN_CACHE))
         if S_have and S <= S_have < 4 * S:
             S = S_have  # hysteresis: shrink only when rows got 4x shorter
@@ -419,10 +420,10 @@ _unstack = jax.jit(unstack_layers)
 @functools.partial(jax.jit, static_argnums=2)  # the shape changes: nothing to donate into
 def _relayout(caches, index_W, length: int):
     """Caches with row i taken from old row index_W[i] (zeros where out of range), `length` slots long."""
-    def one(c):
-        c = jnp.take(c, index_W, axis=1, mode="fill", fill_value=0)
-        S = c.shape[2]
-        return jnp.pad(c, ((0, 0), (0, 0), (0, length - S), (0, 0), (0, 0))) if length >= S else c[:, :, :length]
+    def one(c_BKSH):
+        c_BKSH = jnp.take(c_BKSH, index_W, axis=0, mode="fill", fill_value=0)
+        S = c_BKSH.shape[2]
+        return jnp.pad(c_BKSH, ((0, 0), (0, 0), (0, length - S), (0, 0))) if length >= S else c_BKSH[:, :, :length]
     return jax.tree.map(one, caches)
 
 
@@ -432,7 +433,7 @@ def _keys(seed_B, index_B, step_B):
 
 
 def _sample(weights, cfg, h_BD, keys_B, temperature_B, top_p_B, top_k_B, min_p_B, sample, filtering, top_n):
-    logits_BV = jnp.einsum("BD,VD->BV", h_BD, unembedding(weights, cfg), preferred_element_type=jnp.float32)
+    logits_BV = decode_logits(h_BD, unembedding(weights, cfg))
     token_B, logp_BV = sample_tokens(logits_BV, keys_B, temperature_B, top_p_B, top_k_B, min_p_B,
                                      sample=sample, filtering=filtering)
     out = (token_B, jnp.take_along_axis(logp_BV, token_B[:, None], axis=1)[:, 0])
@@ -442,7 +443,7 @@ def _sample(weights, cfg, h_BD, keys_B, temperature_B, top_p_B, top_k_B, min_p_B
 @functools.partial(jax.jit, static_argnames=("cfg", "sample", "filtering", "top_n"))
 def _prefill(weights, tokens_kP, length_k, seed_k, index_k, step_k, temperature_k, top_p_k, top_k_k, min_p_k, *, cfg,
              sample, filtering, top_n):
-    """Run right-padded prompts [k, P]: their keys/values (per layer [1, k, P, K, H]) and each prompt's
+    """Run right-padded prompts [k, P]: their keys/values (per layer [k, K, P, H]) and each prompt's
     next token (with its logprob, and top logprobs if top_n). Independent of the caches' shape, so a
     one-token probe compiles nothing new however the running rows grew."""
     k, P = tokens_kP.shape
@@ -457,9 +458,9 @@ def _prefill(weights, tokens_kP, length_k, seed_k, index_k, step_k, temperature_
 
 @functools.partial(jax.jit, donate_argnums=0)
 def _store(caches, fresh, slot_k):
-    """Copy prefilled keys/values [1, k, P, K, H] into rows slot_k, slots 0..P-1 (out-of-range rows dropped)."""
+    """Copy prefilled keys/values [k, K, P, H] into rows slot_k, slots 0..P-1 (out-of-range rows dropped)."""
     P = fresh[0]["k"].shape[2]
-    return [{n: c[n].at[0, slot_k, :P].set(f[n][0], mode="drop") for n in c} for c, f in zip(caches, fresh)]
+    return [{n: c[n].at[slot_k, :, :P].set(f[n], mode="drop") for n in c} for c, f in zip(caches, fresh)]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
