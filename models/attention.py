@@ -65,23 +65,26 @@ def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, block: in
     S, K = k_BSKH.shape[1], k_BSKH.shape[2]
     bq, bk = min(block, T), min(block, S)
     pad_t, pad_s = -T % bq, -S % bk
-    q_BTKGH = jnp.pad(q_BTNH, ((0, 0), (0, pad_t), (0, 0), (0, 0))).reshape(B, T + pad_t, K, N // K, H)
-    k_BSKH = jnp.pad(k_BSKH, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
-    v_BSKH = jnp.pad(v_BSKH, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+    # Batch axes (B, K) first on every operand, as in reference_attention: each tile's dots are plain
+    # batched matmuls whose outputs are already [B, K, G, T, S]. With queries [B, T, K, G, H] XLA's CPU
+    # dot wrote the scores transposed, and every elementwise op of the tile read them with a stride.
+    q_BKGTH = jnp.pad(q_BTNH, ((0, 0), (0, pad_t), (0, 0), (0, 0))).reshape(
+        B, T + pad_t, K, N // K, H).transpose(0, 2, 3, 1, 4)
+    k_BKSH, v_BKSH = (jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0))).transpose(0, 2, 1, 3) for x in (k_BSKH, v_BSKH))
     kv_valid_BS = jnp.pad(kv_valid_BS.astype(bool), ((0, 0), (0, pad_s)))  # padded keys are invisible
     if q_segment_BT is None:  # one segment per row: every comparison is true
         q_segment_BT, kv_segment_BS = jnp.zeros((B, T), jnp.int32), jnp.zeros((B, S), jnp.int32)
     q_segment_BT = jnp.pad(jnp.asarray(q_segment_BT, jnp.int32), ((0, 0), (0, pad_t)))
     kv_segment_BS = jnp.pad(jnp.asarray(kv_segment_BS, jnp.int32), ((0, 0), (0, pad_s)))
     q_offset = jnp.asarray(q_offset, jnp.int32)
-    out_BTKGH = _flash(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)
-    return out_BTKGH.reshape(B, T + pad_t, N, H)[:, :T]
+    out_BKGTH = _flash(bq, bk, q_BKGTH, k_BKSH, v_BKSH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)
+    return out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, T + pad_t, N, H)[:, :T]
 
 
-def _tile_scores(q_BTKGH, k_BSKH, valid_BS, q_segment_BT, kv_segment_BS, q_start, k_start):
+def _tile_scores(q_BKGTH, k_BKSH, valid_BS, q_segment_BT, kv_segment_BS, q_start, k_start):
     """Scaled scores of one tile in float32, -inf where a key is not visible."""
-    bq, bk, H = q_BTKGH.shape[1], k_BSKH.shape[1], q_BTKGH.shape[-1]
-    scores_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
+    bq, bk, H = q_BKGTH.shape[3], k_BKSH.shape[2], q_BKGTH.shape[-1]
+    scores_BKGTS = jnp.einsum("BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH,
                               preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(H))
     # Slots relative to the key tile.
     visible_BTS = causal_visibility(bq, bk, q_start - k_start, valid_BS, q_segment_BT, kv_segment_BS)
@@ -123,31 +126,33 @@ def _first_query_block(q_offset, j, bq, bk, nq):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _flash(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS):
-    return _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)[0]
+def _flash(bq, bk, q_BKGTH, k_BKSH, v_BKSH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS):
+    return _flash_fwd(bq, bk, q_BKGTH, k_BKSH, v_BKSH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)[0]
 
 
-def _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS):
-    B, T, K, G, H = q_BTKGH.shape
-    nq, nk = T // bq, k_BSKH.shape[1] // bk
+def _flash_fwd(bq, bk, q_BKGTH, k_BKSH, v_BKSH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS):
+    B, K, G, T, H = q_BKGTH.shape
+    nq, nk = T // bq, k_BKSH.shape[2] // bk
     run_first_S, _ = _segment_runs(kv_segment_BS)
 
     def q_block(i, carry):
-        out_BTKGH, lse_BKGT = carry
-        q_blk, qseg_blk = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1) for x in (q_BTKGH, q_segment_BT))
+        out_BKGTH, lse_BKGT = carry
+        q_blk = jax.lax.dynamic_slice_in_dim(q_BKGTH, i * bq, bq, axis=3)
+        qseg_blk = jax.lax.dynamic_slice_in_dim(q_segment_BT, i * bq, bq, axis=1)
         q_start = q_offset + i * bq
 
         def kv_block(j, c):
             m_BKGT, l_BKGT, acc_BKGTH = c
-            k_blk, v_blk, valid_BS, kvseg_blk = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
-                                                 for x in (k_BSKH, v_BSKH, kv_valid_BS, kv_segment_BS))
+            k_blk, v_blk = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2) for x in (k_BKSH, v_BKSH))
+            valid_BS, kvseg_blk = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
+                                   for x in (kv_valid_BS, kv_segment_BS))
             scores_BKGTS = _tile_scores(q_blk, k_blk, valid_BS, qseg_blk, kvseg_blk, q_start, j * bk)
             # m starts finite (MASKED), so invisible scores (-inf) give exp(-inf) = 0, never NaN.
             m_new = jnp.maximum(m_BKGT, scores_BKGTS.max(axis=-1))
             p_BKGTS = jnp.exp(scores_BKGTS - m_new[..., None])
             rescale = jnp.exp(m_BKGT - m_new)
             acc_BKGTH = acc_BKGTH * rescale[..., None] + jnp.einsum(
-                "BKGTS,BSKH->BKGTH", p_BKGTS.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
+                "BKGTS,BKSH->BKGTH", p_BKGTS.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
             return m_new, l_BKGT * rescale + p_BKGTS.sum(axis=-1), acc_BKGTH
 
         init = (jnp.full((B, K, G, bq), MASKED, jnp.float32), jnp.zeros((B, K, G, bq), jnp.float32),
@@ -156,59 +161,61 @@ def _flash_fwd(bq, bk, q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment
                                                       _visible_kv_blocks(q_offset, i, bq, bk, nk), kv_block, init)
         # l >= 1 on any row that saw a key; l = 0 (acc = 0) on rows that saw none.
         l_BKGT = jnp.maximum(l_BKGT, jnp.finfo(jnp.float32).tiny)
-        out_blk = jnp.einsum("BKGTH->BTKGH", acc_BKGTH / l_BKGT[..., None]).astype(q_BTKGH.dtype)
-        out_BTKGH = jax.lax.dynamic_update_slice_in_dim(out_BTKGH, out_blk, i * bq, axis=1)
+        out_blk = (acc_BKGTH / l_BKGT[..., None]).astype(q_BKGTH.dtype)
+        out_BKGTH = jax.lax.dynamic_update_slice_in_dim(out_BKGTH, out_blk, i * bq, axis=3)
         lse_BKGT = jax.lax.dynamic_update_slice_in_dim(lse_BKGT, m_BKGT + jnp.log(l_BKGT), i * bq, axis=3)
-        return out_BTKGH, lse_BKGT
+        return out_BKGTH, lse_BKGT
 
-    out_BTKGH, lse_BKGT = jax.lax.fori_loop(
-        0, nq, q_block, (jnp.zeros_like(q_BTKGH), jnp.zeros((B, K, G, T), jnp.float32)))
-    residuals = (q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS, out_BTKGH, lse_BKGT)
-    return out_BTKGH, residuals
+    out_BKGTH, lse_BKGT = jax.lax.fori_loop(
+        0, nq, q_block, (jnp.zeros_like(q_BKGTH), jnp.zeros((B, K, G, T), jnp.float32)))
+    residuals = (q_BKGTH, k_BKSH, v_BKSH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS, out_BKGTH, lse_BKGT)
+    return out_BKGTH, residuals
 
 
-def _flash_bwd(bq, bk, residuals, dout_BTKGH):
+def _flash_bwd(bq, bk, residuals, dout_BKGTH):
     """FlashAttention-2 backward: per key tile, walk the query tiles that see it, recomputing P."""
-    q_BTKGH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS, out_BTKGH, lse_BKGT = residuals
-    T, H = q_BTKGH.shape[1], q_BTKGH.shape[-1]
-    nq, nk = T // bq, k_BSKH.shape[1] // bk
+    q_BKGTH, k_BKSH, v_BKSH, q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS, out_BKGTH, lse_BKGT = residuals
+    T, H = q_BKGTH.shape[3], q_BKGTH.shape[-1]
+    nq, nk = T // bq, k_BKSH.shape[2] // bk
     _, run_last_S = _segment_runs(kv_segment_BS)
     scale = 1.0 / jnp.sqrt(jnp.float32(H))
     # rowsum(dO * O): the softmax Jacobian's correction term, one number per query row.
-    delta_BKGT = jnp.einsum("BTKGH,BTKGH->BKGT", dout_BTKGH.astype(jnp.float32), out_BTKGH.astype(jnp.float32))
+    delta_BKGT = jnp.einsum("BKGTH,BKGTH->BKGT", dout_BKGTH.astype(jnp.float32), out_BKGTH.astype(jnp.float32))
 
     def kv_block(j, carry):
-        dq_BTKGH, dk_BSKH, dv_BSKH = carry
-        k_blk, v_blk, valid_BS, kvseg_blk = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
-                                             for x in (k_BSKH, v_BSKH, kv_valid_BS, kv_segment_BS))
+        dq_BKGTH, dk_BKSH, dv_BKSH = carry
+        k_blk, v_blk = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2) for x in (k_BKSH, v_BKSH))
+        valid_BS, kvseg_blk = (jax.lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1)
+                               for x in (kv_valid_BS, kv_segment_BS))
 
         def q_block(i, c):
-            dq_BTKGH, dk_blk, dv_blk = c
-            q_blk, dout_blk, dq_blk, qseg_blk = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=1)
-                                                 for x in (q_BTKGH, dout_BTKGH, dq_BTKGH, q_segment_BT))
-            lse_blk, delta_blk = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3) for x in (lse_BKGT, delta_BKGT))
+            dq_BKGTH, dk_blk, dv_blk = c
+            q_blk, dout_blk, dq_blk, lse_blk, delta_blk = (
+                jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3)
+                for x in (q_BKGTH, dout_BKGTH, dq_BKGTH, lse_BKGT, delta_BKGT))
+            qseg_blk = jax.lax.dynamic_slice_in_dim(q_segment_BT, i * bq, bq, axis=1)
             scores_BKGTS = _tile_scores(q_blk, k_blk, valid_BS, qseg_blk, kvseg_blk, q_offset + i * bq, j * bk)
             p_BKGTS = jnp.exp(scores_BKGTS - lse_blk[..., None])
-            dv_blk += jnp.einsum("BKGTS,BTKGH->BSKH", p_BKGTS.astype(dout_blk.dtype), dout_blk,
+            dv_blk += jnp.einsum("BKGTS,BKGTH->BKSH", p_BKGTS.astype(dout_blk.dtype), dout_blk,
                                  preferred_element_type=jnp.float32)
-            dp_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", dout_blk, v_blk, preferred_element_type=jnp.float32)
+            dp_BKGTS = jnp.einsum("BKGTH,BKSH->BKGTS", dout_blk, v_blk, preferred_element_type=jnp.float32)
             ds_BKGTS = (p_BKGTS * (dp_BKGTS - delta_blk[..., None]) * scale).astype(q_blk.dtype)
-            dq_blk += jnp.einsum("BKGTS,BSKH->BTKGH", ds_BKGTS, k_blk, preferred_element_type=jnp.float32)
-            dk_blk += jnp.einsum("BKGTS,BTKGH->BSKH", ds_BKGTS, q_blk, preferred_element_type=jnp.float32)
-            return jax.lax.dynamic_update_slice_in_dim(dq_BTKGH, dq_blk, i * bq, axis=1), dk_blk, dv_blk
+            dq_blk += jnp.einsum("BKGTS,BKSH->BKGTH", ds_BKGTS, k_blk, preferred_element_type=jnp.float32)
+            dk_blk += jnp.einsum("BKGTS,BKGTH->BKSH", ds_BKGTS, q_blk, preferred_element_type=jnp.float32)
+            return jax.lax.dynamic_update_slice_in_dim(dq_BKGTH, dq_blk, i * bq, axis=3), dk_blk, dv_blk
 
-        zeros_BSKH = jnp.zeros(k_blk.shape, jnp.float32)
-        dq_BTKGH, dk_blk, dv_blk = jax.lax.fori_loop(
+        zeros_BKSH = jnp.zeros(k_blk.shape, jnp.float32)
+        dq_BKGTH, dk_blk, dv_blk = jax.lax.fori_loop(
             _first_query_block(q_offset, j, bq, bk, nq), _query_blocks_end(run_last_S, q_offset, j, bq, bk, nq),
-            q_block, (dq_BTKGH, zeros_BSKH, zeros_BSKH))
-        dk_BSKH = jax.lax.dynamic_update_slice_in_dim(dk_BSKH, dk_blk, j * bk, axis=1)
-        dv_BSKH = jax.lax.dynamic_update_slice_in_dim(dv_BSKH, dv_blk, j * bk, axis=1)
-        return dq_BTKGH, dk_BSKH, dv_BSKH
+            q_block, (dq_BKGTH, zeros_BKSH, zeros_BKSH))
+        dk_BKSH = jax.lax.dynamic_update_slice_in_dim(dk_BKSH, dk_blk, j * bk, axis=2)
+        dv_BKSH = jax.lax.dynamic_update_slice_in_dim(dv_BKSH, dv_blk, j * bk, axis=2)
+        return dq_BKGTH, dk_BKSH, dv_BKSH
 
-    init = (jnp.zeros(q_BTKGH.shape, jnp.float32), jnp.zeros(k_BSKH.shape, jnp.float32),
-            jnp.zeros(v_BSKH.shape, jnp.float32))
-    dq_BTKGH, dk_BSKH, dv_BSKH = jax.lax.fori_loop(0, nk, kv_block, init)
-    return (dq_BTKGH.astype(q_BTKGH.dtype), dk_BSKH.astype(k_BSKH.dtype), dv_BSKH.astype(v_BSKH.dtype),
+    init = (jnp.zeros(q_BKGTH.shape, jnp.float32), jnp.zeros(k_BKSH.shape, jnp.float32),
+            jnp.zeros(v_BKSH.shape, jnp.float32))
+    dq_BKGTH, dk_BKSH, dv_BKSH = jax.lax.fori_loop(0, nk, kv_block, init)
+    return (dq_BKGTH.astype(q_BKGTH.dtype), dk_BKSH.astype(k_BKSH.dtype), dv_BKSH.astype(v_BKSH.dtype),
             None, None, None, None)
 
 

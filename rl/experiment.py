@@ -45,7 +45,7 @@ class ModelSection:
     param_dtype: str = "float32"        # master weights (f32 master, bf16 compute)
     remat: str = "full"                 # "none" | "full" | "matmuls"
     attention: str = "blockwise"        # "auto" | "reference" | "blockwise" | "cudnn"
-    attention_block: int = 512          # blockwise tile, queries and keys (256 is faster on CPU at 512 tokens)
+    attention_block: int = 512          # blockwise tile, queries and keys (64 is fastest on CPU at 512 tokens)
     max_context: int = 0                # > native length: YaRN factor = max_context / native (0: native)
 
 
