@@ -85,13 +85,12 @@ class ModelConfig:
 
         # Variants whose weights or attention pattern this model does not implement: refuse them by
         # name rather than load a model that silently computes something else.
-        unsupported = {"use_sliding_window": "sliding-window attention"}
-        if arch_name == "Qwen3ForCausalLM":
-            unsupported["attention_bias"] = "q/k/v/o biases on Qwen3"
-        for key, why in unsupported.items():
-            if hf.get(key):
-                raise ConfigError(f"{source}: {key}=true ({why}) is not supported")
-        if hf.get("hidden_act", "silu") != "silu":
+        if _sliding_layers(hf):
+            raise ConfigError(f"{source}: use_sliding_window=true (sliding-window attention in layers "
+                              f">= max_window_layers) is not supported")
+        if arch_name == "Qwen3ForCausalLM" and hf.get("attention_bias"):
+            raise ConfigError(f"{source}: attention_bias=true (q/k/v/o biases on Qwen3) is not supported")
+        if hf.get("hidden_act", "silu") not in ("silu", "swish"):  # transformers: swish is SiLU
             raise ConfigError(f"{source}: hidden_act={hf['hidden_act']!r} is not supported (the MLP is SwiGLU)")
 
         def need(key):
@@ -99,10 +98,12 @@ class ModelConfig:
                 raise ConfigError(f"{source}: missing required field {key!r}")
             return hf[key]
 
-        # transformers >= 5 writes RoPE settings as "rope_parameters" (rope_theta inside it).
-        rope = hf.get("rope_parameters") or {}
+        # transformers >= 5 writes RoPE settings as "rope_parameters" (rope_theta inside it); as it
+        # does, a legacy "rope_scaling" replaces them whole, and rope_theta falls back to the top level.
+        rope_key = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+        rope = hf.get(rope_key) or {}
         if not isinstance(rope, dict):
-            raise ConfigError(f"{source}: rope_parameters must be an object, got {type(rope).__name__}")
+            raise ConfigError(f"{source}: {rope_key} must be an object, got {type(rope).__name__}")
         hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
         # Qwen3Config's own default is 128, not hidden / heads, when config.json has no head_dim.
         head_dim = hf.get("head_dim", 128 if arch_name == "Qwen3ForCausalLM" else None) or hidden // heads
@@ -123,7 +124,7 @@ class ModelConfig:
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
-            rope_scaling=_parse_rope_scaling(hf.get("rope_scaling") or rope, hf, source),
+            rope_scaling=_parse_rope_scaling(rope, rope_key, hf, source),
             hf_extra=extra,
             **runtime,
         )
@@ -208,21 +209,26 @@ class ModelConfig:
         return inv_freq, float(mscale)
 
 
-def _parse_rope_scaling(rs: Any, hf: dict[str, Any], source: str) -> tuple:
-    if not rs:
-        return ()
-    if not isinstance(rs, dict):
-        raise ConfigError(f"{source}: rope_scaling must be an object, got {type(rs).__name__}")
+def _parse_rope_scaling(rs: dict[str, Any], key: str, hf: dict[str, Any], source: str) -> tuple:
     kind = rs.get("rope_type", rs.get("type"))
     if kind in (None, "default"):
         return ()
     if kind != "yarn":
-        raise ConfigError(f"{source}: rope_scaling type {kind!r} is not supported (only 'yarn')")
+        raise ConfigError(f"{source}: {key} type {kind!r} is not supported (only 'yarn')")
     if "factor" not in rs:
-        raise ConfigError(f"{source}: rope_scaling is missing 'factor'")
+        raise ConfigError(f"{source}: {key} is missing 'factor'")
     keep = {k: v for k, v in rs.items() if k not in ("type", "rope_theta")}
     keep["rope_type"] = "yarn"
     # Where transformers finds L0: a top-level key first (Phi-3 style), else the training context.
     l0 = hf.get("original_max_position_embeddings") or rs.get("original_max_position_embeddings")
     keep["original_max_position_embeddings"] = l0 or hf.get("max_position_embeddings", 32768)
     return tuple(sorted(keep.items()))
+
+
+def _sliding_layers(hf: dict[str, Any]) -> bool:
+    """Whether transformers would give any layer sliding-window attention (Qwen2/Qwen3 configs)."""
+    if not hf.get("use_sliding_window") or hf.get("sliding_window", 4096) is None:
+        return False
+    if hf.get("layer_types") is not None:
+        return "sliding_attention" in hf["layer_types"]
+    return int(hf.get("max_window_layers", 28)) < int(hf.get("num_hidden_layers", 0))

@@ -48,7 +48,11 @@ def _weight_files(path: Path) -> dict[str, Path]:
     files = {}
     for shard in shards:
         with _open(shard) as f:
-            files.update({name: shard for name in f.keys()})
+            for name in f.keys():
+                if name in files:
+                    raise CheckpointError(f"{path}: tensor {name} is in both {files[name].name} and {shard.name}, "
+                                          f"and no {INDEX_FILE} says which to load")
+                files[name] = shard
     return files
 
 

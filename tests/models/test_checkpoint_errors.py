@@ -80,11 +80,32 @@ def test_index_pointing_at_missing_shard(hf_model, tmp_path):
         models.load_hf(out)
 
 
-@pytest.mark.parametrize("variant, key", [("qwen2_tied", "use_sliding_window"), ("qwen3_tied", "attention_bias")])
-def test_unsupported_variants_are_refused_by_name(hf_model, variant, key):
+@pytest.mark.parametrize("variant, change, key", [
+    ("qwen2_tied", dict(use_sliding_window=True, sliding_window=4, max_window_layers=0, layer_types=None),
+     "use_sliding_window"),
+    ("qwen3_tied", dict(use_sliding_window=True, sliding_window=4, layer_types=["full_attention", "sliding_attention"]),
+     "use_sliding_window"),
+    ("qwen3_tied", dict(attention_bias=True), "attention_bias"),
+    ("qwen3_tied", dict(rope_parameters={"rope_type": "linear", "factor": 2.0}), "rope_parameters type 'linear'"),
+    ("qwen2_tied", dict(rope_scaling={"rope_type": "llama3", "factor": 2.0}), "rope_scaling type 'llama3'"),
+])
+def test_unsupported_variants_are_refused_by_name(hf_model, variant, change, key):
     folder, _ = hf_model(variant)
     cfg = json.loads((folder / "config.json").read_text())
-    cfg[key] = True
+    cfg.update(change)
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match=key):
         models.load_hf(folder)
+
+
+def test_tensor_in_two_loose_shards_is_refused(hf_model):
+    """Without an index nothing says which copy is meant: refuse rather than let the last file win."""
+    folder, _ = hf_model("qwen3_tied")
+    tensors = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").rename(folder / "a.safetensors")
+    name = "model.embed_tokens.weight"
+    save_file({name: tensors[name] + 1}, folder / "b.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.embed_tokens\.weight.*a\.safetensors.*b\.safetensors"):
+        models.load_hf(folder)
+    (folder / "b.safetensors").unlink()
+    models.load_hf(folder)  # one copy of every tensor in loose shards loads

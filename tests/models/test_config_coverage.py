@@ -119,6 +119,20 @@ REAL_SHAPES = {
                                                                    "original_max_position_embeddings": 16}},
     "r1_distill_yarn_no_original": {**R1_DISTILL_14B, "max_position_embeddings": 32,
                                     "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+    # rope_theta inside rope_scaling wins over the top-level one, as in transformers.
+    "r1_distill_yarn_theta_inside": {**R1_DISTILL_14B, "rope_theta": 1e6, "rope_scaling": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "rope_theta": 500.0}},
+    "qwen3_theta_only_in_rope_scaling": {**{k: v for k, v in QWEN3_14B.items() if k != "rope_theta"},
+                                         "rope_scaling": {"rope_type": "default", "rope_theta": 500.0}},
+    # A legacy rope_scaling replaces rope_parameters whole (its theta too: the default 1e4 applies).
+    "qwen3_rope_scaling_over_parameters": {
+        **{k: v for k, v in QWEN3_14B.items() if k != "rope_theta"},
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500.0}},
+    "qwen3_swish": {**QWEN3_14B, "hidden_act": "swish"},
+    # Sliding windows start at layer max_window_layers: none of these 2 layers has one.
+    "r1_distill_sliding_after_last_layer": {**R1_DISTILL_14B, "use_sliding_window": True, "sliding_window": 4,
+                                            "max_window_layers": 2},
 }
 COMPARED_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings",
