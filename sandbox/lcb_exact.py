@@ -25,11 +25,13 @@ import types
 
 from .compare import encode_return
 
-# lcb_runner's preamble, prepended to every program.
-_STAR = ("string re datetime collections heapq bisect copy math random statistics itertools "
-         "functools operator io sys json builtins typing").split()
-IMPORTS = ("".join(f"from {m} import *\n" for m in _STAR)
-           + "".join(f"import {m}\n" for m in _STAR if m not in ("builtins", "typing"))
+# lcb_runner's preamble, prepended to every program: `from M import *` for each module, then
+# `import M` for all but builtins and typing.
+PRELUDE_STAR = ("string re datetime collections heapq bisect copy math random statistics itertools "
+                "functools operator io sys json builtins typing").split()
+PRELUDE_NOT_BOUND = ("builtins", "typing")
+IMPORTS = ("".join(f"from {m} import *\n" for m in PRELUDE_STAR)
+           + "".join(f"import {m}\n" for m in PRELUDE_STAR if m not in PRELUDE_NOT_BOUND)
            + "sys.setrecursionlimit(50000)\n")
 TIME_LIMIT, RUNTIME_ERROR = -3, -4  # lcb_runner's result codes
 
@@ -142,6 +144,7 @@ def run_all(code: types.CodeType, fn_name: str | None, solution_class: bool, inp
     time limit or error, as lcb_runner does; BaseExceptions (SystemExit in call-based code,
     KeyboardInterrupt) propagate and end the process, as they kill lcb_runner's worker."""
     _guard()
+    sys.set_int_max_str_digits(50_000)  # lcb_runner's own limit (the zygote lifts it)
     signal.signal(signal.SIGALRM, _on_alarm)
     alarm = lambda seconds: signal.setitimer(signal.ITIMER_REAL, seconds)  # noqa: E731
     module = types.ModuleType("tmp_sol", "")
@@ -161,7 +164,8 @@ def run_all(code: types.CodeType, fn_name: str | None, solution_class: bool, inp
     for test in inputs:
         if fn_name is None:
             real, sys.stdout = sys.stdout, io.StringIO()
-            sys.stdout.close = lambda x: 1  # lcb_runner's capture: close takes an argument
+            capture = sys.stdout  # what is read back, whatever the program rebinds sys.stdout to
+            capture.close = lambda x: 1  # lcb_runner's capture: close takes an argument
             try:
                 alarm(time_limit)
                 _call_with_mocks(method, test)
@@ -170,7 +174,7 @@ def run_all(code: types.CodeType, fn_name: str | None, solution_class: bool, inp
                 record = {"lcb": _error_code(e)}
             finally:
                 alarm(0)
-                captured, sys.stdout = sys.stdout.getvalue(), real
+                captured, sys.stdout = capture.getvalue(), real
             report(record or {"out": captured})
         else:
             try:

@@ -54,10 +54,6 @@ _bz2 _crypt _curses _curses_panel _lzma _sqlite3 _ssl _uuid readline
 # the standard library (rootfs); loaded here, their Python modules import from the views. Not
 # `nis`, the deprecated NIS client: its Kerberos libraries would add 53 mappings to every fork.)
 
-# LiveCodeBench runs every solution after `from M import *` for these modules, then
-# `from builtins import *` and `from typing import *`, and also imports the modules by name.
-PRELUDE_STAR = """string re datetime collections heapq bisect copy math random statistics itertools
-functools operator io sys json builtins typing""".split()
 
 
 def _isolate() -> dict:
@@ -117,20 +113,21 @@ def _preload() -> dict:
         except ImportError:
             pass
     prelude = {}
-    for name in PRELUDE_STAR:
+    for name in lcb_exact_mode.PRELUDE_STAR:  # LiveCodeBench's preamble
         module = sys.modules[name]
         exported = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
         prelude.update({n: getattr(module, n) for n in exported if hasattr(module, n)})
-        prelude[name] = module
+        if name not in lcb_exact_mode.PRELUDE_NOT_BOUND:
+            prelude[name] = module
     modules = {}
     for name in ("__main__", "solution"):
         modules[name] = types.ModuleType(name)
         modules[name].__dict__.update(prelude)
         modules[name].__dict__.update(__name__=name, __builtins__=builtins)
-        # LiveCodeBench's reliability guard sets builtins.quit = None before its preamble's
-        # `from builtins import *` copies it, so `quit()` is a TypeError there. Only the
-        # solution's namespace gets it; the harness's builtins stay as they are.
-        modules[name].__dict__["quit"] = None
+        # LiveCodeBench's reliability guard sets builtins.quit and .help to None before its
+        # preamble's `from builtins import *` copies them, so `quit()` is a TypeError there. Only
+        # the solution's namespace gets them; the harness's builtins stay as they are.
+        modules[name].__dict__.update(quit=None, help=None)
     return modules
 
 

@@ -84,7 +84,7 @@ def test_lcb_exact_mode_agrees_on_every_case(pool):
               if _first_failure(r) not in ALLOWED[c["lcb_verdict"]]]
     assert differ == []
     deliberate = [c for c in CASES if c["tag"] == "deliberate"]
-    assert len(deliberate) == 16  # each now graded as LCB grades it (above)
+    assert len(deliberate) == 32  # each now graded as LCB grades it (above)
 
 
 # ---- the parent's side of typed return values, with the child's encoding done in-process ----
