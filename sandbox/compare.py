@@ -175,7 +175,13 @@ def _decode(v):
         for pair in body:
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise DecodeError("dict entries are [key, value] pairs")
-            out[_decode(pair[0])] = _decode(pair[1])  # TypeError for an unhashable key
+            key = _decode(pair[0])
+            # JSON keys are strings, so a dict with any other key equals no JSON value. Numeric
+            # keys are also the ones a program can make collide (k * (2**61 - 1) all hash to 0:
+            # quadratic inserts here); str hashes are salted per process.
+            if type(key) is not str:
+                return Opaque("dict with a non-string key")
+            out[key] = _decode(pair[1])
         return out
     if tag == "decimal" and isinstance(body, str):
         return Decimal(body)
@@ -186,7 +192,8 @@ def _decode(v):
     if tag == "npscalar" and isinstance(body, list) and len(body) == 2:
         import numpy as np
         dtype = _numpy_dtype(np, body[0])
-        return dtype.type(_decode_numpy(body[1]))
+        with np.errstate(all="ignore"):  # a forged 1e10 as float16: inf, not a warning in the grader
+            return dtype.type(_decode_numpy(body[1]))
     if tag == "ndarray" and isinstance(body, list) and len(body) == 3:
         import numpy as np
         dtype = _numpy_dtype(np, body[0])
@@ -196,7 +203,8 @@ def _decode(v):
         data = _decode_numpy(body[2])
         if dtype.kind == "U":
             _check_padded_strings(data)
-        return np.array(data, dtype=dtype).reshape(shape)
+        with np.errstate(all="ignore"):
+            return np.array(data, dtype=dtype).reshape(shape)
     if tag == "opaque":
         return Opaque(str(body))
     raise DecodeError(f"unknown tag {tag!r}")

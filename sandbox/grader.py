@@ -111,7 +111,7 @@ def _grade_exact(worker, problem: Problem, opts: Options, time_limit: float, mem
     results = []
     for i, test in enumerate(problem.tests):
         if i < len(records):
-            verdict = judge_record(records[i], test, opts)
+            verdict = judge_record(records[i], test, problem.fn_name is not None, opts)
         elif not run["ready"]:
             verdict = Verdict.SANDBOX_ERROR
         elif run["timed_out"]:
@@ -127,24 +127,25 @@ def _grade_exact(worker, problem: Problem, opts: Options, time_limit: float, mem
     return GradeResult(failed or Verdict.ACCEPTED, results, n, compile_time=compile_time)
 
 
-def judge_record(record: dict, test: Test, opts: Options) -> Verdict:
-    """Verdict of one lcb_exact record, as lcb_runner gives it."""
+def judge_record(record: dict, test: Test, call_based: bool, opts: Options) -> Verdict:
+    """Verdict of one lcb_exact record, as lcb_runner gives it. The program shares the process
+    that writes the records and can forge them: only the kind its test type takes counts, and a
+    forged one must hold the right output itself (expected outputs never reach the child)."""
     if "lcb" in record:
         return Verdict.TIME_LIMIT if record["lcb"] == -3 else Verdict.RUNTIME_ERROR
-    if isinstance(record.get("out"), str):
-        tolerance = FLOAT_TOLERANCE if opts.float_tolerance else None
-        ok = stdout_matches(record["out"], test.output, tolerance)
-    elif isinstance(record.get("typed"), str):
-        ok = record.get("always_equal") is True or \
-            typed_return_matches(record["typed"], test.output, test.unwrap)
-    else:
+    value = record.get("typed" if call_based else "out")
+    if not isinstance(value, str):
         return Verdict.RUNTIME_ERROR
+    if call_based:
+        ok = typed_return_matches(value, test.output, test.unwrap)
+    else:
+        ok = stdout_matches(value, test.output, FLOAT_TOLERANCE if opts.float_tolerance else None)
     if ok is None:
         return Verdict.RUNTIME_ERROR
     return Verdict.ACCEPTED if ok else Verdict.WRONG_ANSWER
 
 
-_RECORD_TYPES = {"out": str, "typed": str, "always_equal": bool, "lcb": int}
+_RECORD_TYPES = {"out": str, "typed": str, "lcb": int}
 
 
 def parse_records(raw: bytes) -> list[dict]:

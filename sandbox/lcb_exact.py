@@ -8,7 +8,7 @@ calls it with a mocked `sys.stdin` and `sys.stdout` captured in a StringIO; call
 run once and `Solution()` built once; the time limit is an alarm that raises an exception the
 program can catch. The process is still the sandbox's locked-down child, and expected outputs
 still never reach it: the parent compares. The child writes one JSON record per test to its fd
-3 (`{"out": text}`, `{"typed": ..., "always_equal": bool}`, or `{"lcb": -3 | -4}` for a time
+3 (`{"out": text}`, `{"typed": ...}`, or `{"lcb": -3 | -4}` for a time
 limit or an error, after which LiveCodeBench stops); records missing at the end mean the
 process died (LiveCodeBench: -1, every test failed).
 """
@@ -48,6 +48,8 @@ def transform(code: str, call_based: bool) -> str:
         last = tree.body[-1]
         if isinstance(last, ast.If) and ast.unparse(last.test).strip() == "__name__ == '__main__'":
             code = ast.unparse(tree.body[:-1]) + "\n" + ast.unparse(last.body)
+    except MemoryError:  # under the compile's memory limit (lcb_runner has none): a verdict
+        raise
     except Exception:  # noqa: BLE001 - as lcb_runner: leave the code
         pass
     try:
@@ -58,6 +60,8 @@ def transform(code: str, call_based: bool) -> str:
             posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]), body=body,
             decorator_list=[], lineno=-1)
         return IMPORTS + "\n" + ast.unparse(imports) + "\n" + ast.unparse(function)
+    except MemoryError:
+        raise
     except Exception:  # noqa: BLE001
         return code
 
@@ -181,8 +185,7 @@ def run_all(code: types.CodeType, fn_name: str | None, solution_class: bool, inp
                 alarm(time_limit)
                 value = method(*test)
                 alarm(0)
-                record = {"typed": encode_return(list(value) if isinstance(value, tuple) else value),
-                          "always_equal": _equal_to_anything(value)}
+                record = {"typed": encode_return(list(value) if isinstance(value, tuple) else value)}
             except Exception as e:  # noqa: BLE001
                 record = {"lcb": _error_code(e)}
             finally:
@@ -190,13 +193,3 @@ def run_all(code: types.CodeType, fn_name: str | None, solution_class: bool, inp
             report(record)
         if "lcb" in record:
             return
-
-
-def _equal_to_anything(value) -> bool:
-    """Whether the value claims equality with an object it cannot know (an `__eq__` that always
-    answers True): lcb_runner's `prediction == expected` would pass it. The expected output
-    itself never reaches this process."""
-    try:
-        return bool(value == object())
-    except Exception:  # noqa: BLE001
-        return False

@@ -220,17 +220,19 @@ class Zygote:
         self.code = None
         self.names = frozenset()
         self.fn_name = fn_name
-        if lcb_exact:  # the program text lcb_runner compiles
-            code = lcb_exact_mode.transform(code, fn_name is not None)
-        self.solution_class = "class Solution" in code  # LiveCodeBench decides by the text
-        # Tracebacks in the child cannot read solution.py from disk: give them the source.
-        linecache.cache["solution.py"] = (len(code), None, code.splitlines(True), "solution.py")
+        self.solution_class = False
         address_space = resource.getrlimit(resource.RLIMIT_AS)
         self.compiling[0] = 1
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, address_space[1]))
         signal.setitimer(signal.ITIMER_REAL, time_limit)  # SIGALRM's default action ends us
         start = time.monotonic()
         try:
+            # All of it under the limits: the AST lcb_exact rewrites takes ~500x the text.
+            if lcb_exact:  # the program text lcb_runner compiles
+                code = lcb_exact_mode.transform(code, fn_name is not None)
+            self.solution_class = "class Solution" in code  # LiveCodeBench decides by the text
+            # Tracebacks in the child cannot read solution.py from disk: give them the source.
+            linecache.cache["solution.py"] = (len(code), None, code.splitlines(True), "solution.py")
             with warnings.catch_warnings():  # a SyntaxWarning would print on the grader's console
                 warnings.simplefilter("ignore")
                 self.code = compile(code, "solution.py", "exec", dont_inherit=True)
@@ -238,6 +240,8 @@ class Zygote:
             reply = {"ok": True}
         except MemoryError:
             reply = {"memory_error": "MemoryError while compiling"}
+        except SystemError as e:  # CPython's tokenizer, when an allocation fails under the limit
+            reply = {"memory_error": f"SystemError while compiling: {e}"}
         except (SyntaxError, ValueError, OverflowError, RecursionError) as e:
             reply = {"syntax_error": f"{type(e).__name__}: {e}"}
         finally:

@@ -77,12 +77,13 @@ _DELIBERATE_SAME_VERDICT = {"prog_keyboardinterrupt"}
 
 
 def test_lcb_exact_mode_agrees_on_every_case(pool):
-    # lcb_exact=True reproduces LCB's verdict on all cases, the deliberate differences included.
+    # lcb_exact=True reproduces LCB's verdict on all cases, the deliberate differences included,
+    # but the always-equal reward hack (the child could forge any claim about its value's ==).
     results = pool.grade_many([(_problem(c), c["code"]) for c in CASES], all_tests=True,
                               time_limit=TIME_LIMIT, lcb_exact=True)
     differ = [(c["id"], c["lcb_verdict"], _first_failure(r)) for c, r in zip(CASES, results)
               if _first_failure(r) not in ALLOWED[c["lcb_verdict"]]]
-    assert differ == []
+    assert differ == [("call_always_equal_object", "accepted", "wrong_answer")]
     deliberate = [c for c in CASES if c["tag"] == "deliberate"]
     assert len(deliberate) == 32  # each now graded as LCB grades it (above)
 
