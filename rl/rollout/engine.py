@@ -42,6 +42,11 @@ MIN_CACHE = 64  # slots per row
 MIN_WIDTH = 4  # rows of the smallest compiled step
 
 
+def abort_reason(message: str) -> dict:
+    """SGLang's FINISH_ABORT.to_json."""
+    return {"type": "abort", "message": message, "status_code": None, "err_type": None}
+
+
 @dataclasses.dataclass(eq=False)
 class Request:
     """One sample to generate. The engine thread fills the outputs and calls `on_update` (from its own
@@ -106,12 +111,14 @@ class Engine:
         for r in done:
             _notify(r)
 
-    def abort(self, rid: str | None = None, *, abort_all: bool = False, message: str = "Abort requested") -> int:
-        """Abort waiting and running requests with this rid (or all): each finishes with type "abort"
-        at the next step boundary. Returns how many were found."""
+    def abort(self, rid: str | None = None, *, abort_all: bool = False, prefix: bool = False,
+              message: str = "Abort requested") -> int:
+        """Abort waiting and running requests with this rid (with prefix: every rid starting with it, as
+        SGLang's /abort_request matches, so "r" also ends a batch's "r_0", "r_1"), or all: each
+        finishes with type "abort" at the next step boundary. Returns how many were found."""
         with self._cond:
             found = [r for r in list(self._waiting) + [r for r in self._rows if r is not None]
-                     if abort_all or r.rid == rid]
+                     if abort_all or r.rid == rid or (prefix and rid and r.rid.startswith(rid))]
             for r in found:
                 r.aborted = message
             self._cond.notify_all()
@@ -180,7 +187,7 @@ class Engine:
             self._cond.notify_all()
         self._thread.join(timeout=30)
         for r in list(self._waiting) + [r for r in self._rows if r is not None]:
-            self._finish(r, {"type": "abort", "message": "server shutting down"})
+            self._finish(r, abort_reason("server shutting down"))
 
     # ---- the loop, on the engine thread ----------------------------------------------------------------
     def _loop(self) -> None:
@@ -214,7 +221,7 @@ class Engine:
                     self._rows = [None] * self.slots
                     self._caches = None
                 for r in failed:
-                    self._finish(r, {"type": "abort", "message": f"engine error: {type(e).__name__}: {e}"})
+                    self._finish(r, abort_reason(f"engine error: {type(e).__name__}: {e}"))
 
     def _has_work(self) -> bool:
         running = any(r is not None for r in self._rows)
@@ -231,7 +238,7 @@ class Engine:
                 self._rows[b] = None
                 out.append(r)
         for r in out:
-            r.finish = {"type": "abort", "message": r.aborted}
+            r.finish = abort_reason(r.aborted)
         if not any(r is not None for r in self._rows):
             self._caches = None  # nothing running: give the memory back
         return out

@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from rl.rollout.engine import TOP_LOGPROBS_MAX, Request
-from rl.rollout.protocol import (RequestError, Sampling, check_length, output_text, refuse_unknown,
+from rl.rollout.protocol import (RequestError, Sampling, check_length, output_text, refuse_unknown, texts,
                                  refuse_unsupported, sampling_from, token_ids)
 
 COMMON_KEYS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options", "user",
@@ -32,13 +32,22 @@ CHAT_KEYS = COMMON_KEYS | {"messages", "logprobs", "top_logprobs", "max_completi
 
 
 def add_openai_routes(app: FastAPI, state) -> None:
-    from rl.rollout.server import read_json, run_all, sse, stream_all
+    from rl.rollout.server import (SGLangJSONResponse, _text_with_specials, error_response, read_json, run_all, sse,
+                                   stream_all)
+
+    def card():
+        return {"id": state.served_model_name, "object": "model", "created": int(state.started), "owned_by": "coderl",
+                "root": state.model_path, "max_model_len": state.limits.context_length}
 
     @app.get("/v1/models")
     async def list_models():
-        return {"object": "list", "data": [{"id": state.served_model_name, "object": "model",
-                                            "created": int(state.started), "owned_by": "coderl",
-                                            "root": state.model_path, "max_model_len": state.limits.context_length}]}
+        return {"object": "list", "data": [card()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str):
+        if model != state.served_model_name:
+            return error_response(404, f"The model '{model}' does not exist", "model")
+        return card()
 
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):
@@ -89,7 +98,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
         tok = state.tokenizer
         rid = body.get("rid") or secrets.token_hex(12)
         requests = [Request(ids, s.params, rid=rid, sample_index=j, stop_strings=s.stop_strings,
-                            text_of=(lambda x: tok.decode(x, skip_special_tokens=s.skip_special_tokens)),
+                            text_of=_text_with_specials(tok),
                             top_logprobs=top or 0)
                     for ids in prompts for j in range(s.n)]
         stream = body.get("stream", False)
@@ -103,7 +112,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
         choices = [_choice(i, r, s, top, chat, tok) for i, r in enumerate(requests)]
         completion = sum(len(r.output_ids) for r in requests)
         prompt = sum(len(p) for p in prompts)
-        return JSONResponse({**meta, "object": "chat.completion" if chat else "text_completion", "choices": choices,
+        return SGLangJSONResponse({**meta, "object": "chat.completion" if chat else "text_completion", "choices": choices,
                              "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                                        "total_tokens": prompt + completion}})
 
@@ -148,10 +157,7 @@ def _completion_prompts(x, state) -> list[list[int]]:
     if isinstance(x, str) or (isinstance(x, list) and x and all(isinstance(p, str) for p in x)):
         if state.tokenizer is None:
             raise RequestError("prompt", "this model folder has no tokenizer: send token ids")
-        texts = [x] if isinstance(x, str) else x
-        if not all(texts):
-            raise RequestError("prompt", "is empty")
-        return [state.tokenizer.encode(t) for t in texts]
+        return [state.tokenizer.encode(t) for t in texts(x, "prompt")]
     if isinstance(x, list) and x and all(isinstance(p, list) for p in x):
         return [token_ids(p, f"prompt[{i}]", state.limits) for i, p in enumerate(x)]
     if isinstance(x, list):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import secrets
 import time
 from typing import Any
@@ -48,6 +49,8 @@ def _number(d: dict, key: str, field: str, default: float, low: float | None = N
         return default
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise RequestError(field, f"must be a number, got {json.dumps(x)}")
+    if not math.isfinite(x):  # Python's JSON reader takes NaN and Infinity; SGLang refuses them
+        raise RequestError(field, f"{x} is not a finite number")
     if (low is not None and (x <= low if low_open else x < low)) or (high is not None and x > high):
         bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
         raise RequestError(field, f"{x} is outside {bounds}")
@@ -84,6 +87,20 @@ def _strings(x, field: str) -> tuple[str, ...]:
     if not isinstance(x, list) or not all(isinstance(s, str) and s for s in x):
         raise RequestError(field, "must be a non-empty string or a list of non-empty strings")
     return tuple(x)
+
+
+def texts(x, field: str) -> list[str]:
+    """One or several prompt texts, each non-empty and encodable (a lone surrogate is not)."""
+    items = x if isinstance(x, list) else [x]
+    if not items or not all(isinstance(t, str) and t for t in items):
+        raise RequestError(field, "must be a non-empty string or a list of non-empty strings")
+    for i, t in enumerate(items):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise RequestError(f"{field}[{i}]" if isinstance(x, list) else field,
+                               f"not valid Unicode ({e.reason} at {e.start})") from None
+    return items
 
 
 def token_ids(x, field: str, limits: ModelLimits, allow_empty: bool = False) -> list[int]:
@@ -143,6 +160,8 @@ def sampling_from(d: dict, field: str, limits: ModelLimits, *, max_new_key: str 
     top_k = _int(d, "top_k", field + "top_k", -1)
     if top_k == 0 or top_k < -1:
         raise RequestError(field + "top_k", f"{top_k}: must be -1 (off) or >= 1")
+    if top_k >= limits.vocab_size:  # every token: the same as off (and it fits the engine's int32)
+        top_k = -1
     min_p = _number(d, "min_p", field + "min_p", 0.0, 0.0, 1.0)
     stop_ids = d.get("stop_token_ids")
     stop_ids = () if stop_ids is None else tuple(token_ids(stop_ids, field + "stop_token_ids", limits, True))
@@ -209,6 +228,21 @@ def _per_prompt(body: dict, key: str, count: int, batch: bool) -> list:
     return [x] * count
 
 
+def _rids(x, count: int, batch: bool) -> list:
+    """SGLang's rids: one string per prompt; a batch given one string gets "{rid}_{i}"."""
+    if x is None or (isinstance(x, str) and not batch):
+        return [x] * count
+    if isinstance(x, str):
+        return [f"{x}_{i}" for i in range(count)]
+    if not batch or not isinstance(x, list) or not all(isinstance(r, str) for r in x):
+        raise RequestError("rid", "must be a string (or a list of strings for a batch)")
+    if len(x) != count:
+        raise RequestError("rid", f"has {len(x)} entries for {count} prompts")
+    if len(set(x)) != len(x):
+        raise RequestError("rid", f"{json.dumps(next(r for r in x if x.count(r) > 1))} appears twice in the batch")
+    return x
+
+
 def parse_generate(body: Any, limits: ModelLimits, tokenizer) -> GenerateCall:
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object")
@@ -226,13 +260,10 @@ def parse_generate(body: Any, limits: ModelLimits, tokenizer) -> GenerateCall:
         if tokenizer is None:
             raise RequestError("text", "this model folder has no tokenizer: send input_ids")
         batch = isinstance(x, list)
-        texts = x if batch else [x]
-        if not texts or not all(isinstance(t, str) and t for t in texts):
-            raise RequestError("text", "must be a non-empty string or a list of non-empty strings")
-        prompts = [tokenizer.encode(t) for t in texts]
+        prompts = [tokenizer.encode(t) for t in texts(x, "text")]
     count = len(prompts)
     sps = _per_prompt(body, "sampling_params", count, batch)
-    rids = _per_prompt(body, "rid", count, batch)
+    rids = _rids(body.get("rid"), count, batch)
     ret_lp = _per_prompt(body, "return_logprob", count, batch)
     starts = _per_prompt(body, "logprob_start_len", count, batch)
     tops = _per_prompt(body, "top_logprobs_num", count, batch)
@@ -248,8 +279,6 @@ def parse_generate(body: Any, limits: ModelLimits, tokenizer) -> GenerateCall:
         s = sampling_from(sp, prefix, limits)
         check_length(ids, s, "input_ids", limits)
         rid = rids[i]
-        if rid is not None and not isinstance(rid, str):
-            raise RequestError("rid", "must be a string (or a list of strings for a batch)")
         wrap = {"v": ret_lp[i]}
         return_logprob = _bool(wrap, "v", "return_logprob", False)
         wrap = {"v": starts[i]}
@@ -259,6 +288,8 @@ def parse_generate(body: Any, limits: ModelLimits, tokenizer) -> GenerateCall:
         wrap = {"v": tops[i]}
         top = _int(wrap, "v", "top_logprobs_num", 0, 0, TOP_LOGPROBS_MAX)
         out.append(Prompt(ids, s, rid or secrets.token_hex(16), return_logprob, start, top))
+    if len({p.sampling.n for p in out}) > 1:
+        raise RequestError("sampling_params", "n must be the same for every prompt of a batch")
     stream = _bool(body, "stream", "stream", False)
     text_in_lp = _bool(body, "return_text_in_logprobs", "return_text_in_logprobs", False)
     return GenerateCall(out, batch or any(p.sampling.n > 1 for p in out), stream, text_in_lp)

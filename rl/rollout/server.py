@@ -8,9 +8,11 @@ message names the field (FastAPI's 422 is replaced); 500 is left for bugs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
+import math
 import secrets
 import time
 from pathlib import Path
@@ -41,6 +43,47 @@ class ServerState:
     server_args: dict = dataclasses.field(default_factory=dict)
     started: float = dataclasses.field(default_factory=time.time)
     update_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    model_lock: "ModelLock" = dataclasses.field(default_factory=lambda: ModelLock())
+
+
+class ModelLock:
+    """SGLang's model_update_lock: generations read, a weight update writes. Unless generation is
+    paused, an update waits for the generations in flight, and new ones wait behind it, so no
+    completion mixes two weight versions."""
+
+    def __init__(self):
+        self._cond = asyncio.Condition()
+        self._readers, self._writing = 0, False
+
+    @contextlib.asynccontextmanager
+    async def read(self):
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def write(self):
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writing)
+            self._writing = True
+            try:
+                await self._cond.wait_for(lambda: self._readers == 0)
+            except BaseException:
+                self._writing = False
+                self._cond.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 async def read_json(request: HttpRequest) -> Any:
@@ -51,6 +94,8 @@ async def read_json(request: HttpRequest) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError("body", f"malformed JSON ({e})") from None
+    except RecursionError:
+        raise RequestError("body", "JSON nested too deeply") from None
 
 
 def error_response(status: int, message: str, field: str | None = None) -> JSONResponse:
@@ -72,17 +117,18 @@ def attach(requests: list[Request], stream: bool = False) -> asyncio.Queue:
 async def run_all(state: ServerState, requests: list[Request], http: HttpRequest | None) -> None:
     """Submit and wait until every request finished; abort them if the client goes away."""
     queue = attach(requests)
-    state.engine.submit(requests)
-    try:
-        while not all(r.finish for r in requests):
-            try:
-                await asyncio.wait_for(queue.get(), 1.0)
-            except asyncio.TimeoutError:
-                if http is not None and await http.is_disconnected():
-                    break
-    finally:
-        for rid in {r.rid for r in requests if not r.finish}:
-            state.engine.abort(rid, message="client disconnected")
+    async with state.model_lock.read():
+        state.engine.submit(requests)
+        try:
+            while not all(r.finish for r in requests):
+                try:
+                    await asyncio.wait_for(queue.get(), 1.0)
+                except asyncio.TimeoutError:
+                    if http is not None and await http.is_disconnected():
+                        break
+        finally:
+            for rid in {r.rid for r in requests if not r.finish}:
+                state.engine.abort(rid, message="client disconnected")
 
 
 async def stream_all(state: ServerState, requests: list[Request]) -> AsyncIterator[int]:
@@ -90,27 +136,67 @@ async def stream_all(state: ServerState, requests: list[Request]) -> AsyncIterat
     request was yielded with its finish set: the engine sets finish before its last notification, so
     stopping when every finish is merely set could drop the last chunk still in flight."""
     queue = attach(requests, stream=True)
-    state.engine.submit(requests)
-    ended = set()
+    async with state.model_lock.read():
+        state.engine.submit(requests)
+        ended = set()
+        try:
+            while len(ended) < len(requests):
+                i = await queue.get()
+                if requests[i].finish:
+                    ended.add(i)
+                yield i
+        finally:
+            for rid in {r.rid for r in requests if not r.finish}:
+                state.engine.abort(rid, message="client disconnected")
+
+
+def dumps(obj) -> str:
+    """JSON as SGLang's orjson writes it: NaN and infinities (from NaN weights, say) become null."""
     try:
-        while len(ended) < len(requests):
-            i = await queue.get()
-            if requests[i].finish:
-                ended.add(i)
-            yield i
-    finally:
-        for rid in {r.rid for r in requests if not r.finish}:
-            state.engine.abort(rid, message="client disconnected")
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        return json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class SGLangJSONResponse(JSONResponse):
+    def render(self, content) -> bytes:
+        return dumps(content).encode("utf-8")
 
 
 def sse(obj) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
+    return f"data: {dumps(obj)}\n\n"
+
+
+class BearerAuth:
+    """--api-key: every path but /health needs `Authorization: Bearer KEY`. Plain ASGI: Starlette's
+    @app.middleware("http") wraps the request so that a handler no longer sees the client go away
+    (a non-streaming generation then ran to its end after a disconnect)."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != "/health" and \
+                dict(scope["headers"]).get(b"authorization", b"") != self.expected:
+            response = error_response(401, "missing or wrong 'Authorization: Bearer' API key")
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def create_app(state: ServerState) -> FastAPI:
     from rl.rollout.openai_api import add_openai_routes
 
-    app = FastAPI(title="coderl embedded SGLang-compatible server")
+    app = FastAPI(title="coderl embedded SGLang-compatible server", default_response_class=SGLangJSONResponse)
     app.state.server = state
 
     @app.exception_handler(RequestError)
@@ -123,12 +209,8 @@ def create_app(state: ServerState) -> FastAPI:
         field = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
         return error_response(400, f"{field}: {first.get('msg', 'invalid request')}", field)
 
-    @app.middleware("http")
-    async def bearer_auth(request: HttpRequest, call_next):
-        if state.api_key and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {state.api_key}":
-                return error_response(401, "missing or wrong 'Authorization: Bearer' API key")
-        return await call_next(request)
+    if state.api_key:
+        app.add_middleware(BearerAuth, api_key=state.api_key)
 
     @app.get("/health")
     async def health():
@@ -156,7 +238,9 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/get_server_info")
     async def get_server_info():
         e = state.engine
-        return {**state.server_args, "version": "coderl-embedded", "weight_version": e.weight_version,
+        return {**state.server_args, "model_path": state.model_path, "tokenizer_path": state.model_path,
+                "served_model_name": state.served_model_name, "version": "coderl-embedded",
+                "weight_version": e.weight_version,
                 "max_running_requests": e.slots, "context_length": e.context_length,
                 "max_total_num_tokens": e.slots * e.context_length, "paused": e.paused,
                 "internal_states": [{"pending_requests": e.pending(), "decode_steps": e.steps}],
@@ -204,7 +288,7 @@ def create_app(state: ServerState) -> FastAPI:
             raise RequestError("abort_all", "must be true or false")
         if not rid and not abort_all:
             raise RequestError("rid", "give a rid or abort_all: true")
-        n = state.engine.abort(rid, abort_all=abort_all)
+        n = state.engine.abort(rid, abort_all=abort_all, prefix=True)
         return {"success": True, "aborted": n}
 
     @app.post("/update_weights_from_disk")
@@ -225,15 +309,18 @@ def create_app(state: ServerState) -> FastAPI:
                 state.engine.abort(abort_all=True, message="Aborted by update_weights_from_disk")
             try:
                 cfg, params = await asyncio.to_thread(_load, path, state.engine.cfg)
-                await asyncio.to_thread(state.engine.set_weights, params, cfg,
-                                        state.engine.weight_version if version is None else str(version))
+                # As SGLang: paused, the swap is immediate (the caller chose what happens to requests
+                # in flight); otherwise it waits for them to finish.
+                async with contextlib.nullcontext() if state.engine.paused else state.model_lock.write():
+                    await asyncio.to_thread(state.engine.set_weights, params, cfg,
+                                            state.engine.weight_version if version is None else str(version))
             except (ValueError, OSError) as e:  # CheckpointError / ConfigError are ValueErrors
                 return JSONResponse({"success": False, "message": f"Failed to update weights from {path}: {e}",
                                      "num_paused_requests": 0}, status_code=400)
         state.model_path = path
         return {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
 
-    @app.post("/generate")
+    @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: HttpRequest):
         call = parse_generate(await read_json(request), state.limits, state.tokenizer)
         flat = _expand(state, call)
@@ -243,7 +330,7 @@ def create_app(state: ServerState) -> FastAPI:
         await run_all(state, requests, request)
         inputs = {id(p): await _input_logprobs(state, p) for p in call.prompts}
         answers = [sglang_answer(r, p, call, state.tokenizer, inputs[id(p)]) for p, r in flat]
-        return JSONResponse(answers if call.batch else answers[0])
+        return SGLangJSONResponse(answers if call.batch else answers[0])
 
     add_openai_routes(app, state)
     return app
@@ -264,13 +351,14 @@ def _expand(state: ServerState, call: GenerateCall) -> list[tuple[Any, Request]]
     for p in call.prompts:
         if p.sampling.stop_strings and tok is None:
             raise RequestError("sampling_params.stop", "stop strings need the model folder's tokenizer")
-        skip = p.sampling.skip_special_tokens
-
-        def text_of(ids, skip=skip):
-            return tok.decode(ids, skip_special_tokens=skip)
-
-        flat += [(p, r) for r in engine_requests(p, text_of, None, call.stream)]
+        flat += [(p, r) for r in engine_requests(p, _text_with_specials(tok), None, call.stream)]
     return flat
+
+
+def _text_with_specials(tok):
+    """What stop strings are matched against: SGLang decodes the tail with special tokens kept, so
+    "<|im_end|>" can be a stop string whatever skip_special_tokens says about the answer's text."""
+    return None if tok is None else (lambda ids: tok.decode(ids, skip_special_tokens=False))
 
 
 async def _input_logprobs(state: ServerState, p) -> list | None:

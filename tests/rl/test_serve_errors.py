@@ -1,5 +1,7 @@
 """Every malformed request to the embedded server gets HTTP 400 naming the field, never 422 or 500,
 and the server keeps serving; the API key is enforced."""
+import json
+
 import pytest
 
 MSG = [{"role": "user", "content": "x"}]
@@ -38,6 +40,13 @@ BAD = [
     ("/generate", {"input_ids": [1], "rid": 5}, "rid"),
     ("/generate", {"input_ids": [1], "stream": 1}, "stream"),
     ("/generate", [1, 2], "body"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"temperature": float("inf")}}, "temperature"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"top_p": float("nan")}}, "top_p"),
+    ("/generate", {"input_ids": [1], "sampling_params": {"min_p": float("nan")}}, "min_p"),
+    ("/generate", {"text": "\ud800abc"}, "text"),  # a lone surrogate: the tokenizer raised TypeError (500)
+    ("/generate", {"input_ids": [[1], [2]], "rid": ["a", "a"]}, "rid"),
+    ("/generate", {"input_ids": [[1], [2]], "rid": ["a"]}, "rid"),
+    ("/generate", {"input_ids": [[1], [2]], "sampling_params": [{"n": 1}, {"n": 2}]}, "sampling_params"),
     ("/abort_request", {}, "rid"),
     ("/abort_request", {"rid": 5}, "rid"),
     ("/pause_generation", {"mode": "sideways"}, "mode"),
@@ -49,6 +58,7 @@ BAD = [
     ("/v1/completions", {"model": "tiny", "prompt": "hi", "best_of": 3}, "best_of"),
     ("/v1/completions", {"model": "tiny", "prompt": [1, 99999]}, "prompt"),
     ("/v1/completions", {"model": "tiny", "prompt": "hi", "bogus": 1}, "bogus"),
+    ("/v1/completions", {"model": "tiny", "prompt": "\udfff"}, "prompt"),
     ("/v1/chat/completions", {"model": "tiny", "messages": []}, "messages"),
     ("/v1/chat/completions", {"model": "tiny", "messages": [{"content": "x"}]}, "messages[0]"),
     ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "temperature": "hot"}, "temperature"),
@@ -60,7 +70,8 @@ BAD = [
 
 @pytest.mark.parametrize("path,body,field", BAD, ids=[f"{p}:{f}:{i}" for i, (p, _, f) in enumerate(BAD)])
 def test_bad_request_is_400_naming_the_field(served, path, body, field):
-    r = served.post(path, body)
+    # Python's json writes NaN and Infinity (as SGLang clients written in Python can send them).
+    r = served.http.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert field in error["message"] and field in (error["param"] or "")
@@ -68,8 +79,8 @@ def test_bad_request_is_400_naming_the_field(served, path, body, field):
 
 @pytest.mark.parametrize("path", ["/generate", "/v1/completions", "/v1/chat/completions", "/pause_generation",
                                   "/update_weights_from_disk", "/abort_request"])
-@pytest.mark.parametrize("raw", [b"{bad json", b"\xff\xfe", b"[1, 2"])
-def test_malformed_json_is_400(served, path, raw):
+@pytest.mark.parametrize("raw", [b"{bad json", b"\xff\xfe", b"[1, 2", b"[" * 100_000 + b"]" * 100_000])
+def test_malformed_json_is_400(served, path, raw):  # the last: nested too deep to parse
     r = served.http.post(path, content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "body" in r.json()["error"]["message"]
 
@@ -80,3 +91,33 @@ def test_server_survives_bad_input_and_checks_the_key(served):
     for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
         r = served.http.post("/generate", json={"input_ids": [1]}, headers=headers)
         assert r.status_code == 401
+
+
+def test_non_finite_numbers_are_written_as_null():
+    """SGLang writes JSON with orjson, where NaN and infinities (logprobs of NaN weights) are null;
+    json.dumps refused them and the answer was a 500."""
+    from rl.rollout.server import dumps
+    text = dumps({"meta_info": {"output_token_logprobs": [[float("nan"), 3, None], [-0.5, 4, "\u00e9"]]},
+                  "x": (float("-inf"),)})
+    assert json.loads(text) == {"meta_info": {"output_token_logprobs": [[None, 3, None], [-0.5, 4, "\u00e9"]]},
+                                "x": [None]}
+
+
+def test_top_k_beyond_the_vocabulary_means_every_token(served):
+    """2**40 overflowed the engine's int32 and aborted every request in flight."""
+    body = {"input_ids": [5, 9], "sampling_params": {"max_new_tokens": 6, "sampling_seed": 3, "ignore_eos": True}}
+    plain = served.generate(body)
+    huge = served.generate({**body, "sampling_params": {**body["sampling_params"], "top_k": 2 ** 40}})
+    assert huge["output_ids"] == plain["output_ids"] and huge["meta_info"]["finish_reason"]["type"] == "length"
+
+
+def test_sglang_request_ids_and_routes(served):
+    body = {"input_ids": [[5, 9], [7]], "rid": "r", "sampling_params": {"max_new_tokens": 2, "ignore_eos": True}}
+    assert [a["meta_info"]["id"] for a in served.generate(body)] == ["r_0", "r_1"]  # GenerateReqInput._normalize_rid
+    put = served.http.put("/generate", json={"input_ids": [5], "sampling_params": {"max_new_tokens": 1}})
+    assert put.status_code == 200 and len(put.json()["output_ids"]) == 1
+    assert served.http.get("/v1/models/tiny").json()["id"] == "tiny"
+    missing = served.http.get("/v1/models/other")
+    assert missing.status_code == 404 and "other" in missing.json()["error"]["message"]
+    info = served.http.get("/get_server_info").json()
+    assert info["model_path"] == info["tokenizer_path"] == str(served.model_dir)
