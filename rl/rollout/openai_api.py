@@ -106,8 +106,13 @@ def add_openai_routes(app: FastAPI, state) -> None:
             raise RequestError("stream", "must be true or false")
         meta = {"id": ("chatcmpl-" if chat else "cmpl-") + rid, "created": int(time.time()),
                 "model": body.get("model") or state.served_model_name}
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+            raise RequestError("stream_options", 'must be an object like {"include_usage": true}')
         if stream:
-            return StreamingResponse(_stream(state, requests, s, top, chat, meta), media_type="text/event-stream")
+            usage = sum(len(p) for p in prompts) if options.get("include_usage") else None
+            return StreamingResponse(_stream(state, requests, s, top, chat, meta, usage),
+                                     media_type="text/event-stream")
         await run_all(state, requests, request)
         choices = [_choice(i, r, s, top, chat, tok) for i, r in enumerate(requests)]
         completion = sum(len(r.output_ids) for r in requests)
@@ -116,21 +121,33 @@ def add_openai_routes(app: FastAPI, state) -> None:
                              "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                                        "total_tokens": prompt + completion}})
 
-    async def _stream(state, requests, s, top, chat, meta):
+    async def _stream(state, requests, s, top, chat, meta, prompt_tokens):
+        """One chunk per new token of a choice, with its logprobs when asked; then, with
+        stream_options.include_usage, a last chunk with no choices and the usage."""
         tok, sent = state.tokenizer, [""] * len(requests)
+        tokens_sent, pieces_len = [0] * len(requests), [0] * len(requests)
         kind = "chat.completion.chunk" if chat else "text_completion"
         async for i in stream_all(state, requests):
             r = requests[i]
             text = output_text(r, s, tok) if r.finish else \
                 tok.decode(r.output_ids, skip_special_tokens=s.skip_special_tokens).rstrip("\ufffd")
             delta, sent[i] = text[len(sent[i]):], text
-            finish = _finish_reason(r) if r.finish else None
-            choice = {"index": i, "finish_reason": finish, "logprobs": None}
+            end = len(r.logprobs)
+            logprobs = _logprobs(r, top, chat, tok, tokens_sent[i], end, pieces_len[i])
+            if logprobs is not None and not chat:
+                pieces_len[i] += sum(len(p) for p in logprobs["tokens"])
+            tokens_sent[i] = end
+            choice = {"index": i, "finish_reason": _finish_reason(r) if r.finish else None, "logprobs": logprobs}
             if chat:
                 choice["delta"] = {"role": "assistant", "content": delta}
             else:
                 choice["text"] = delta
             yield sse({**meta, "object": kind, "choices": [choice]})
+        if prompt_tokens is not None:
+            completion = sum(len(r.output_ids) for r in requests)
+            yield sse({**meta, "object": kind, "choices": [], "usage": {
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion}})
         yield "data: [DONE]\n\n"
 
 
@@ -190,24 +207,32 @@ def _finish_reason(r: Request) -> str:
 
 def _choice(i: int, r: Request, s: Sampling, top, chat: bool, tok) -> dict:
     text = output_text(r, s, tok)
-    matched = r.finish.get("matched")
-    choice = {"index": i, "finish_reason": _finish_reason(r), "matched_stop": matched}
-    pieces = [tok.decode([t]) if tok is not None else str(t) for t in r.output_ids]
+    choice = {"index": i, "finish_reason": _finish_reason(r), "matched_stop": r.finish.get("matched")}
     if chat:
         choice["message"] = {"role": "assistant", "content": text}
-        choice["logprobs"] = None if top is None else {"content": [
-            {"token": piece, "logprob": lp, "bytes": list(piece.encode()),
-             "top_logprobs": [{"token": tok.decode([t]), "logprob": v, "bytes": list(tok.decode([t]).encode())}
-                              for v, t in (r.top[k] if top else [])]}
-            for k, (piece, lp) in enumerate(zip(pieces, r.logprobs))]}
     else:
         choice["text"] = text
-        offsets, at = [], 0
-        for piece in pieces:
-            offsets.append(at)
-            at += len(piece)
-        choice["logprobs"] = None if top is None else {
-            "tokens": pieces, "token_logprobs": r.logprobs, "text_offset": offsets,
-            "top_logprobs": [{tok.decode([t]) if tok is not None else str(t): v for v, t in r.top[k]} if top else {}
-                             for k in range(len(pieces))]}
+    choice["logprobs"] = _logprobs(r, top, chat, tok, 0, len(r.logprobs))
     return choice
+
+
+def _logprobs(r: Request, top, chat: bool, tok, start: int, end: int, offset: int = 0) -> dict | None:
+    """OpenAI's logprobs of output tokens [start, end) (a streamed chunk's, or all); `offset`: the
+    text length before token `start`, where completions' text_offset counts from."""
+    if top is None:
+        return None
+    pieces = [tok.decode([t]) if tok is not None else str(t) for t in r.output_ids[start:end]]
+    lps = r.logprobs[start:end]
+    tops = r.top[start:end] if top else [[] for _ in pieces]
+    if chat:
+        return {"content": [
+            {"token": piece, "logprob": lp, "bytes": list(piece.encode()),
+             "top_logprobs": [{"token": tok.decode([t]), "logprob": v, "bytes": list(tok.decode([t]).encode())}
+                              for v, t in step]}
+            for piece, lp, step in zip(pieces, lps, tops)]}
+    offsets = []
+    for piece in pieces:
+        offsets.append(offset)
+        offset += len(piece)
+    return {"tokens": pieces, "token_logprobs": lps, "text_offset": offsets,
+            "top_logprobs": [{tok.decode([t]) if tok is not None else str(t): v for v, t in step} for step in tops]}

@@ -64,6 +64,24 @@ def test_chat_uses_the_template_with_logprobs_n_and_streaming(served, client):
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_streamed_chunks_carry_logprobs_and_usage(served, client):
+    kwargs = dict(model="tiny", max_tokens=5, temperature=0.0, extra_body={"ignore_eos": True})
+    whole = client.completions.create(prompt=PROMPT, logprobs=2, **kwargs).choices[0].logprobs
+    chunks = list(client.completions.create(prompt=PROMPT, logprobs=2, stream=True,
+                                            stream_options={"include_usage": True}, **kwargs))
+    parts = [c.choices[0].logprobs for c in chunks if c.choices]
+    assert sum((p.tokens for p in parts), []) == whole.tokens
+    assert sum((p.text_offset for p in parts), []) == whole.text_offset
+    np.testing.assert_allclose(sum((p.token_logprobs for p in parts), []), whole.token_logprobs, atol=1e-6)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert chunks[-1].usage.prompt_tokens == len(PROMPT)
+    messages = [{"role": "user", "content": "hi"}]
+    chat = list(client.chat.completions.create(messages=messages, logprobs=True, top_logprobs=2, stream=True,
+                                               **kwargs))
+    assert sum(len(c.choices[0].logprobs.content) for c in chat) == 5
+    assert all(len(t.top_logprobs) == 2 for c in chat for t in c.choices[0].logprobs.content)
+
+
 def test_probe_is_cheap_while_every_slot_is_busy(served, client):
     probes = (lambda: client.completions.create(model="tiny", prompt="hi", max_tokens=1),
               lambda: client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
