@@ -19,6 +19,11 @@ class Surrogate(NamedTuple):
     clipped_high: jax.Array  # [B, T] bool: clipped at 1 + eps_high (A > 0), so no gradient
 
 
+# exp of a log-ratio above this overflows float32 (e^88.7), and inf * 0 made a NaN loss at A = 0 and
+# a NaN gradient: capped, its gradient is 0, as the clip gives one so far above 1 + eps_high anyway.
+MAX_LOG_RATIO = 80.0
+
+
 def clipped_surrogate(ratio, advantages, eps_low, eps_high):
     """PPO's pessimistic clipped surrogate, -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)."""
     clipped_ratio = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
@@ -47,7 +52,7 @@ def sequence_mean(loss_bt, mask, *, token_normalizer, sequence_normalizer):
 def token_ratio_clip(logp, old_logp, advantages, mask, *, eps_low, eps_high):
     """Each token clipped on its own ratio exp(logp - old) (GRPO, DAPO)."""
     del mask
-    return clipped_surrogate(jnp.exp(logp - old_logp), advantages, eps_low, eps_high)
+    return clipped_surrogate(jnp.exp(jnp.minimum(logp - old_logp, MAX_LOG_RATIO)), advantages, eps_low, eps_high)
 
 
 @register("gspo_plus", aggregate=token_mean, eps_low=3e-4, eps_high=4e-4)
@@ -61,7 +66,7 @@ def sequence_ratio_clip(logp, old_logp, advantages, mask, *, eps_low, eps_high):
     """
     log_ratio_bt = jnp.where(mask, logp - old_logp, 0.0)
     log_s_b = log_ratio_bt.sum(axis=-1) / jnp.maximum(mask.sum(axis=-1), 1)
-    s_b1 = jnp.exp(jax.lax.stop_gradient(log_s_b))[:, None]
+    s_b1 = jnp.exp(jnp.minimum(jax.lax.stop_gradient(log_s_b), MAX_LOG_RATIO))[:, None]
     ratio_bt = s_b1 * jnp.exp(logp - jax.lax.stop_gradient(logp))
     return clipped_surrogate(ratio_bt, advantages, eps_low, eps_high)
 

@@ -78,8 +78,9 @@ def policy_loss(objective, logp, old_logp, advantages, mask, *, kl_coef=0.0, ref
 
     # Zero every input at padding before any arithmetic: jnp.where stops garbage there reaching the
     # loss and, unlike multiplying by the mask, its gradient (0 * inf is NaN).
-    def valid(x_bt):
-        return jnp.where(mask, x_bt, 0.0)
+    def valid(x_bt):  # bf16 / f16 logprobs are upcast: GSPO's 3e-4 clip range is below bf16's resolution
+        x_bt = jnp.asarray(x_bt)
+        return jnp.where(mask, x_bt.astype(jnp.promote_types(x_bt.dtype, jnp.float32)), 0.0)
 
     def constant(x_bt):
         return jax.lax.stop_gradient(valid(x_bt))

@@ -2,7 +2,9 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,3 +64,33 @@ def test_on_policy_gradient_is_plain_policy_gradient(objective, seed, data):
     expected = -batch["advantages"][:, None] * token_weights(objective, batch["mask"])
     np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(loss, expected.sum(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_a_ratio_beyond_float32_stays_finite(objective):
+    """exp(100) overflows float32: the loss was right but the gradient NaN, and at A = 0 the loss was NaN."""
+    logp = jnp.array([[-0.5, -1.0]], jnp.float32)
+    old = jnp.array([[-100.5, -1.0]], jnp.float32)
+    mask = jnp.ones((1, 2), bool)
+    for advantage in (1.0, 0.0, -1.0):
+        (value, _), grad = jax.value_and_grad(
+            lambda lp, a=advantage: policy_loss(objective, lp, old, jnp.array([a]), mask), has_aux=True)(logp)
+        assert np.isfinite(value) and np.isfinite(grad).all(), (advantage, value, grad)
+        if advantage == 0.0:
+            assert value == 0.0 and not np.asarray(grad).any()
+
+
+@pytest.mark.parametrize("objective", ["gspo", "dapo"])
+def test_low_precision_logprobs_are_upcast(objective):
+    """GSPO's 3e-4 clip range is below bf16's resolution near 1: computed in bf16, the ratio rounded to 1."""
+    rng = np.random.default_rng(0)
+    old = rng.normal(-1.0, 0.3, (4, 8))
+    logp = old + rng.normal(0.0, 2e-3, (4, 8))
+    mask, adv = np.ones((4, 8), bool), np.array([1.0, -1.0, 0.5, -0.5])
+    bf16 = [jnp.asarray(x, jnp.bfloat16) for x in (logp, old)]
+    low, low_metrics = policy_loss(objective, *bf16, adv, mask)
+    ref, ref_metrics = policy_loss(objective, *[x.astype(jnp.float32) for x in bf16], adv, mask)
+    assert low.dtype == jnp.float32
+    np.testing.assert_allclose(low, ref, rtol=1e-6)
+    assert low_metrics["clip_frac_low"] == ref_metrics["clip_frac_low"]
+    assert low_metrics["clip_frac_high"] == ref_metrics["clip_frac_high"]
