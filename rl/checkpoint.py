@@ -27,6 +27,10 @@ from models.weights import abstract_params
 from rl.trainer import TrainState
 
 
+class ResumeError(RuntimeError):
+    """The run directory holds checkpoints, but none can be resumed from."""
+
+
 class Checkpointer:
     """Keeps the last `keep` checkpoints of one run in `directory`.
 
@@ -57,29 +61,61 @@ class Checkpointer:
         """Steps of finished checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict] | None:
+    def restore(self, target: TrainState, step: int | None = None,
+                extra_fields: dict[str, type] | None = None) -> tuple[TrainState, dict] | None:
         """(state, extra) of checkpoint `step`, or of the newest one that reads back, on target's
-        shardings; None when there is none. A checkpoint that fails to read is skipped with a warning
-        (an explicitly requested `step` raises instead)."""
+        shardings; None when there is none. `extra_fields`: keys `extra` must hold, with their types.
+
+        A checkpoint that fails to read is skipped with a warning (an explicitly requested `step`
+        raises instead) and moved to <directory>.unreadable/ (kept, and out of the way: orbax saves no
+        step at or below its newest). When checkpoints exist but none reads back, ResumeError: a run
+        never silently starts over on top of one it could not read."""
         self.wait()
         _warn_unfinished(self.directory)
         if step is not None:
-            return self._restore(step, target)
+            return self._restore(step, target, extra_fields or {})
+        bad = []
         for s in reversed(self.steps()):
             try:
-                return self._restore(s, target)
+                restored = self._restore(s, target, extra_fields or {})
             except Exception as e:  # noqa: BLE001 - any failure to read means: not a usable checkpoint
                 warnings.warn(f"skipping checkpoint {self.directory / str(s)}: it does not read back "
                               f"({type(e).__name__}: {str(e)[:300]})", stacklevel=2)
+                bad.append(s)
+                continue
+            self._set_aside(bad)
+            return restored
+        if bad:
+            raise ResumeError(f"none of the checkpoints in {self.directory} (steps {sorted(bad)}) reads back, "
+                              f"so the run cannot resume; move that folder away to start it over")
         return None
 
-    def _restore(self, step: int, target: TrainState) -> tuple[TrainState, dict]:
+    def _restore(self, step: int, target: TrainState, extra_fields: dict[str, type]) -> tuple[TrainState, dict]:
         train = {"opt_state": target.opt_state, "step": target.step, "rng": target.rng}
         out = self._manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target.params), train=ocp.args.StandardRestore(train),
             extra=ocp.args.JsonRestore()))
+        extra = out["extra"]
+        if not isinstance(extra, dict):
+            raise ValueError(f"extra is {type(extra).__name__}, not an object")
+        for key, kind in extra_fields.items():
+            if not isinstance(extra.get(key), kind) or isinstance(extra.get(key), bool):
+                raise ValueError(f"extra[{key!r}] is {extra.get(key)!r}, not a {kind.__name__}")
         t = out["train"]
-        return TrainState(out["params"], t["opt_state"], t["step"], t["rng"]), dict(out["extra"] or {})
+        return TrainState(out["params"], t["opt_state"], t["step"], t["rng"]), dict(extra)
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
+        aside = self.directory.with_name(self.directory.name + ".unreadable")
+        aside.mkdir(exist_ok=True)
+        for s in steps:
+            target = aside / str(s)
+            while target.exists():
+                target = target.with_name(target.name + "_")
+            (self.directory / str(s)).rename(target)
+            warnings.warn(f"moved unreadable checkpoint {self.directory / str(s)} to {target}", stacklevel=3)
+        self._manager.reload()
 
     def wait(self) -> None:
         """Block until the pending asynchronous save is on disk."""

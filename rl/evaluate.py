@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import sys
 import tempfile
 import warnings
@@ -25,6 +26,21 @@ import httpx
 from rl.hugepages import reexec_with_huge_pages
 
 DEFAULT_CONCURRENCY = 256
+
+
+def _number(kind, low: float, strict: bool):
+    """An argparse type: a finite `kind` above `low` (at or above it unless strict)."""
+    def parse(text: str):
+        value = kind(text)
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{text}: expected a number {'>' if strict else '>='} {low}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its error
+    return parse
+
+
+_positive_int, _positive_float, _non_negative_float = _number(int, 0, True), _number(float, 0, True), \
+    _number(float, 0, False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     samp = p.add_argument_group("sampling")
     samp.add_argument("--n", type=int, default=16, help="completions per problem")
     samp.add_argument("--k", default="1,8", help="pass@k to report, comma-separated (each <= n)")
-    samp.add_argument("--temperature", type=float, default=0.6)
+    samp.add_argument("--temperature", type=_non_negative_float, default=0.6)
     samp.add_argument("--top-p", type=float, default=0.95)
     samp.add_argument("--max-new-tokens", type=int, default=None,
                       help="tokens per completion (default: all the room the context leaves after the prompt)")
@@ -65,8 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     samp.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight at once")
     grade = p.add_argument_group("grading")
     grade.add_argument("--thinking", action="store_true", help="the answer is what follows the last </think>")
-    grade.add_argument("--time-limit", type=float, default=15.0, help="seconds per test")
-    grade.add_argument("--memory-mb", type=int, default=4096, help="memory per test")
+    grade.add_argument("--time-limit", type=_positive_float, default=15.0, help="seconds per test")
+    grade.add_argument("--memory-mb", type=_positive_int, default=4096, help="memory per test")
     grade.add_argument("--lcb-exact", action="store_true", help="grade with LiveCodeBench's exact comparison")
     grade.add_argument("--workers", type=int, default=0, help="sandbox processes (0: one per core)")
     p.add_argument("--out", type=Path, default=None,
@@ -102,7 +118,7 @@ def parse_compare_args(argv) -> argparse.Namespace:
     p.add_argument("a", type=Path, help="an rl.evaluate --out folder (or its results.json)")
     p.add_argument("b", type=Path, help="another, over the same problems")
     p.add_argument("--common", action="store_true", help="compare the problems both cover when the sets differ")
-    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
+    p.add_argument("--resamples", type=_positive_int, default=10_000, help="bootstrap resamples")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return p.parse_args(argv)
 

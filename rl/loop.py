@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import shutil
 import time
@@ -48,11 +49,13 @@ def run(exp: Experiment, run_dir: str | Path) -> dict | None:
 
 async def _run(exp: Experiment, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
+    busy = _lock_run_dir(run_dir)  # held until this process exits
     say = _Console(run_dir)
     # The sharded train state, restored from the last complete checkpoint when there is one. Every
     # process loads it; the others then make this one's trainer calls with it (rl.distributed.Lockstep).
     trainer, ckpt, state, extra = _train_state(exp, run_dir)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(busy.close)
         stack.callback(ckpt.close)  # also on errors: the last asynchronous save lands whole
         lock = stack.enter_context(distributed.Lockstep(trainer, ckpt, run_dir / "export"))  # exit releases them
         # Problems -> prompts, rendered once with the model folder's own chat template.
@@ -70,7 +73,8 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
             say(f"resumed at step {step} from {ckpt.directory}")
         else:
             step, version, best = 0, 0, {}
-        logger = metrics.RunLogger(run_dir, resume_step=step)
+        # Rows past the checkpoint are redone; starting fresh, so is the step-0 evaluation.
+        logger = metrics.RunLogger(run_dir, resume_step=step if extra is not None else -1)
         stack.callback(logger.close)
         exports = lock.export_dir
         current = lock.export(state, version)
@@ -125,7 +129,7 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
             say(f"held-out pass@1 before RL: {row['eval/pass@1']:.3f}")
 
         position = stream.position()  # a resume redraws from here: in-flight rollouts are not saved
-        pending = collect(step, version)
+        pending = collect(step, version) if step < exp.schedule.steps else None
         bar = tqdm(total=exp.schedule.steps, initial=step, desc=exp.name, unit="step", dynamic_ncols=True)
         while step < exp.schedule.steps:
             t_step = time.perf_counter()
@@ -215,6 +219,9 @@ def _follow(exp: Experiment, run_dir: Path) -> None:
         ckpt.close()
 
 
+EXTRA_FIELDS = {"step": int, "weight_version": int, "data": dict}  # the loop's state in a checkpoint
+
+
 def _train_state(exp: Experiment, run_dir: Path):
     """(trainer, checkpointer, train state, the loop's saved extra or None when starting fresh). Every
     process runs this: loading params and restoring checkpoints are collective."""
@@ -222,13 +229,30 @@ def _train_state(exp: Experiment, run_dir: Path):
     cfg = model_config(exp)
     trainer = Trainer(exp, cfg, mesh)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=exp.schedule.keep_checkpoints)
-    restored = ckpt.restore(trainer.abstract_state())
+    restored = ckpt.restore(trainer.abstract_state(), extra_fields=EXTRA_FIELDS)
     if not restored:
         return trainer, ckpt, trainer.init_state(_initial_params(exp, cfg, mesh)), None
     state, extra = restored
     if trainer.uses_reference:
         trainer.set_reference(_initial_params(exp, cfg, mesh))
     return trainer, ckpt, state, extra
+
+
+class RunDirBusy(RuntimeError):
+    pass
+
+
+def _lock_run_dir(run_dir: Path):
+    """An exclusive lock on run_dir/.lock: two runs writing one directory interleave its metrics and
+    checkpoints. The kernel drops it when the process ends, however it ends."""
+    f = (run_dir / ".lock").open("a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunDirBusy(f"{run_dir} is in use by another run (it holds {run_dir / '.lock'}); "
+                         f"wait for it or choose another --run-dir") from None
+    return f
 
 
 def _initial_params(exp: Experiment, cfg, mesh):

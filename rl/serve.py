@@ -17,6 +17,13 @@ from rl.hugepages import reexec_with_huge_pages
 ENGINES = ("embedded", "sglang")
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:  # uvicorn would bind port % 65536 and print the one asked
+        raise argparse.ArgumentTypeError(f"{port}: a port is 0-65535")
+    return port
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m rl.serve", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -27,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--model", "--model-path", dest="model", required=True,
                    help="Hugging Face model folder (config.json, *.safetensors, tokenizer files)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--port", type=_port, default=30000)
     p.add_argument("--max-running-requests", type=int, default=32,
                    help="decode slots: requests generated together (continuous batching)")
     p.add_argument("--context-length", type=int, default=None,

@@ -100,7 +100,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 2
     from rl import loop
-    summary = loop.run(exp, run_dir)
+    try:
+        summary = loop.run(exp, run_dir)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; re-run the same command to resume {run_dir} from its last checkpoint",
+              file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as e:
+        # What the run met in its inputs (an unreadable checkpoint or model folder, an empty problem
+        # set, a busy run directory), named by the message; CODERL_TRACEBACK=1 shows where.
+        if os.environ.get("CODERL_TRACEBACK"):
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     if summary is None:  # not process 0: it reports
         return 0
     print(report(summary))

@@ -49,7 +49,12 @@ def prompt_messages(rec: ProblemRecord, style: str = "lcb") -> list[dict]:
 def load_tokenizer(model_dir: str | Path):
     """The tokenizer and chat template of a local model folder (no hub access)."""
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    folder = Path(model_dir)
+    if not folder.is_dir():  # transformers would take it for a hub repo id and say so
+        raise FileNotFoundError(f"{folder}: no such model folder")
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json, tokenizer_config.json)")
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
 def render_prompt(rec: ProblemRecord, tokenizer, style: str = "lcb") -> list[int]:

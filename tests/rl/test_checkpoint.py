@@ -79,6 +79,49 @@ def test_unreadable_and_unfinished_checkpoints_are_skipped(saved_run, tmp_path):
     assert int(state.step) == 1 and extra == EXTRA
 
 
+def test_unreadable_checkpoint_is_set_aside_so_its_step_saves_again(saved_run, tmp_path):
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved_run["directory"] / "1", directory / "1")
+    shutil.copytree(saved_run["directory"] / "1", directory / "2")
+    (directory / "2" / "extra" / "metadata").write_text("garbage{{")
+    ckpt = Checkpointer(directory)
+    with pytest.warns(UserWarning, match="moved unreadable"):
+        state, _ = ckpt.restore(saved_run["trainer"].abstract_state())
+    assert int(state.step) == 1 and (tmp_path / "checkpoints.unreadable" / "2" / "extra").is_dir()
+    ckpt.save(state, {**EXTRA, "step": 2}, step=2)  # orbax skipped a step at or below its newest one
+    ckpt.close()
+    again = Checkpointer(directory)
+    assert again.steps() == [1, 2] and again.restore(saved_run["trainer"].abstract_state())[1]["step"] == 2
+    again.close()
+
+
+@pytest.mark.parametrize("extra", [{}, {**EXTRA, "weight_version": "six"}])
+def test_checkpoint_with_wrong_loop_fields_is_skipped(saved_run, tmp_path, extra):
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved_run["directory"] / "1", directory / "1")
+    trainer = saved_run["trainer"]
+    ckpt = Checkpointer(directory)
+    state, _ = ckpt.restore(trainer.abstract_state())
+    ckpt.save(state, extra, step=2)
+    ckpt.wait()
+    with pytest.warns(UserWarning, match="checkpoints/2"):
+        _, got = ckpt.restore(trainer.abstract_state(), extra_fields={"weight_version": int, "data": dict})
+    ckpt.close()
+    assert got == EXTRA  # step 1's
+
+
+def test_no_readable_checkpoint_refuses_to_start_over(saved_run, tmp_path):
+    from rl.checkpoint import ResumeError
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved_run["directory"] / "1", directory / "1")
+    (directory / "1" / "extra" / "metadata").write_text("garbage{{")
+    ckpt = Checkpointer(directory)
+    with pytest.warns(UserWarning), pytest.raises(ResumeError, match="cannot resume"):
+        ckpt.restore(saved_run["trainer"].abstract_state())
+    ckpt.close()
+    assert (directory / "1").is_dir()  # nothing moved: the user decides
+
+
 def test_keeps_the_last_k(saved_run, tmp_path):
     trainer = saved_run["trainer"]
     state = trainer.init_state(initial_params())

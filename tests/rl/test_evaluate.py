@@ -240,3 +240,19 @@ def test_compare_counts_the_verdicts_a_grading_mode_changes(tmp_path):
     c = compare(a, b)
     assert c["regraded"] == {"same_completions": 3, "changed": 1}
     assert any("changed 1 of 3 verdicts" in note for note in c["notes"])
+
+
+@pytest.mark.parametrize("argv", [["compare", "a", "b", "--resamples", "0"], ["--temperature", "nan"],
+                                  ["--time-limit", "-1"], ["--memory-mb", "0"]])
+def test_bad_numbers_are_refused_before_anything_starts(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ([] if argv[0] == "compare" else ["--model", "m", "--problems", "p"]))
+    assert exit_.value.code == 2 and argv[-2].lstrip("-") in capsys.readouterr().err
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    from rl.data.prompts import load_tokenizer
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        load_tokenizer(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        load_tokenizer(tmp_path)

@@ -120,3 +120,21 @@ def test_sigkill_and_resume_equal_an_uninterrupted_run(tiny_rl, tmp_path):
             assert a.get(key) == pytest.approx(b.get(key), abs=1e-5)
     weights = [(d / "export" / "step_000003" / "model.safetensors").read_bytes() for d in (straight, killed)]
     assert weights[0] == weights[1]
+
+    # Re-run when finished: nothing changes. With no checkpoint that reads back it refuses (it used
+    # to start over from step 0, cutting metrics.jsonl back to step 0), and the metrics stay.
+    done = read_metrics(straight)
+    assert rl.train.main(_run(tiny_rl, "tiny_dapo", straight, *settings)) == 0 and read_metrics(straight) == done
+    for meta in (straight / "checkpoints").glob("*/extra/metadata"):
+        meta.write_text("garbage{{")
+    assert rl.train.main(_run(tiny_rl, "tiny_dapo", straight, *settings)) == 2
+    assert read_metrics(straight) == done
+
+
+def test_one_run_directory_one_run(tmp_path):
+    from rl.loop import RunDirBusy, _lock_run_dir
+    held = _lock_run_dir(tmp_path)
+    with pytest.raises(RunDirBusy, match="in use"):
+        _lock_run_dir(tmp_path)
+    held.close()
+    _lock_run_dir(tmp_path).close()
