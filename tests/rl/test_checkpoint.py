@@ -85,8 +85,11 @@ def test_unreadable_checkpoint_is_set_aside_so_its_step_saves_again(saved_run, t
     shutil.copytree(saved_run["directory"] / "1", directory / "2")
     (directory / "2" / "extra" / "metadata").write_text("garbage{{")
     ckpt = Checkpointer(directory)
-    with pytest.warns(UserWarning, match="moved unreadable"):
+    with pytest.warns(UserWarning) as record:
         state, _ = ckpt.restore(saved_run["trainer"].abstract_state())
+    assert [str(w.message).split(":")[0] for w in record] == [f"skipping checkpoint {directory / '2'}",
+                                                              f"moved unreadable checkpoint {directory / '2'} to "
+                                                              f"{tmp_path / 'checkpoints.unreadable' / '2'}"]
     assert int(state.step) == 1 and (tmp_path / "checkpoints.unreadable" / "2" / "extra").is_dir()
     ckpt.save(state, {**EXTRA, "step": 2}, step=2)  # orbax skipped a step at or below its newest one
     ckpt.close()
