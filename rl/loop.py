@@ -49,7 +49,7 @@ def run(exp: Experiment, run_dir: str | Path) -> dict | None:
 
 async def _run(exp: Experiment, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    busy = _lock_run_dir(run_dir)  # held until this process exits
+    busy = _lock_run_dir(run_dir)  # released as the run ends (below), or by the kernel if it dies
     say = _Console(run_dir)
     # The sharded train state, restored from the last complete checkpoint when there is one. Every
     # process loads it; the others then make this one's trainer calls with it (rl.distributed.Lockstep).

@@ -16,8 +16,8 @@ from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import StreamingResponse
 
 from rl.rollout.engine import TOP_LOGPROBS_MAX, Request
-from rl.rollout.protocol import (RequestError, Sampling, check_length, output_text, refuse_unknown, texts,
-                                 refuse_unsupported, sampling_from, token_ids)
+from rl.rollout.protocol import (RequestError, Sampling, check_length, output_text, refuse_unknown,
+                                 refuse_unsupported, sampling_from, texts, token_ids)
 
 COMMON_KEYS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options", "user",
                "top_k", "min_p", "stop_token_ids", "ignore_eos", "skip_special_tokens", "no_stop_trim",
@@ -117,9 +117,9 @@ def add_openai_routes(app: FastAPI, state) -> None:
         choices = [_choice(i, r, s, top, chat, tok) for i, r in enumerate(requests)]
         completion = sum(len(r.output_ids) for r in requests)
         prompt = sum(len(p) for p in prompts)
-        return SGLangJSONResponse({**meta, "object": "chat.completion" if chat else "text_completion", "choices": choices,
-                             "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                       "total_tokens": prompt + completion}})
+        return SGLangJSONResponse({**meta, "object": "chat.completion" if chat else "text_completion",
+                                   "choices": choices, "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                                                                 "total_tokens": prompt + completion}})
 
     async def _stream(state, requests, s, top, chat, meta, prompt_tokens):
         """One chunk per new token of a choice, with its logprobs when asked; then, with
