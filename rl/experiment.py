@@ -276,7 +276,7 @@ def _type_name(tp) -> str:
     if typing.get_origin(inner) is tuple:
         name = "list of str"
     else:
-        name = inner.__name__
+        name = "finite float" if inner is float else inner.__name__
     return f"{name} or None" if optional else name
 
 
@@ -296,8 +296,8 @@ def _has_type(value, tp) -> bool:
         return optional
     if typing.get_origin(inner) is tuple:
         return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
-    if inner is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if inner is float:  # finite: a NaN or infinite rate or limit is no setting (and no JSON)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if inner is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, inner)

@@ -290,7 +290,7 @@ def test_set_parses_each_type():
 @pytest.mark.parametrize("assignment,fragment", [
     ("rollout.group_size=eight", "rollout.group_size: expected int, got 'eight'"),
     ("rollout.dynamic_sampling=maybe", "rollout.dynamic_sampling: expected true or false"),
-    ("objective.tis_cap=big", "objective.tis_cap: expected float or None"),
+    ("objective.tis_cap=big", "objective.tis_cap: expected finite float or None"),
     ("rollout.temprature=0.7", "unknown key 'rollout.temprature' (did you mean 'rollout.temperature'?)"),
     ("objective=gspo", "objective is a section; set one of its keys: objective.name"),
     ("rollout.group_size", "expected key.path=value"),
@@ -336,3 +336,11 @@ def test_context_stages():
     assert load("tiny_dapo")[0].rollout.max_response_tokens_at(5) == 64
     with pytest.raises(ExperimentError, match="batch.max_tokens_per_row: .* = 384"):
         load("tiny_dapo", ["rollout.context_stages=0:32,10:128", "batch.max_tokens_per_row=320"])
+
+
+@pytest.mark.parametrize("assignment", ["optimizer.lr=inf", "rollout.temperature=nan", "objective.tis_cap=-inf"])
+def test_non_finite_floats_are_refused(assignment):
+    """float("inf") parses; the dry run then wrote `Infinity`, which is no JSON."""
+    key = assignment.split("=")[0]
+    with pytest.raises(ExperimentError, match=f"--set {assignment}.*{key}: expected finite float"):
+        load("tiny_dapo", [assignment])
