@@ -37,6 +37,7 @@ from models.transformer import unembedding
 
 log = logging.getLogger(__name__)
 TOP_LOGPROBS_MAX = 20  # top_logprobs_num above this is refused (OpenAI's own cap)
+TOP_CHUNK = 256  # prompt positions whose logits a top_logprobs_num request holds at once
 PREFILL_ROWS = 8  # requests prefilled by one call
 MIN_CACHE = 64  # slots per row
 MIN_WIDTH = 4  # rows of the smallest compiled step
@@ -173,13 +174,16 @@ class Engine:
             self._caches = None
             return True
 
-    def prompt_logprobs(self, ids: list[int], temperature: float) -> list[float]:
-        """log p(ids[t] | ids[:t]) for t >= 1 under the served weights, at the sampler's temperature."""
+    def prompt_logprobs(self, ids: list[int], temperature: float, top_n: int = 0) -> tuple[list[float], list | None]:
+        """log p(ids[t] | ids[:t]) for t >= 1 under the served weights, at the sampler's temperature; with
+        top_n, also the top_n (logprob, id) pairs of each of those positions, best first."""
         tokens = np.zeros((1, bucket(len(ids))), np.int32)
         tokens[0, :len(ids)] = ids
         scale = 1.0 if temperature < GREEDY_BELOW else temperature
-        logprobs = _prompt_logprobs(self._weights, tokens, np.float32(scale), cfg=self.cfg)
-        return jax.device_get(logprobs)[:len(ids) - 1].tolist()
+        out = jax.device_get(_prompt_logprobs(self._weights, tokens, np.float32(scale), cfg=self.cfg, top_n=top_n))
+        n = len(ids) - 1
+        top = [list(zip(v.tolist(), i.tolist())) for v, i in zip(out[1][:n], out[2][:n])] if top_n else None
+        return out[0][:n].tolist(), top
 
     def close(self) -> None:
         with self._cond:
@@ -470,14 +474,23 @@ def _store(caches, fresh, slot_k):
     return [{n: c[n].at[slot_k, :, :P].set(f[n], mode="drop") for n in c} for c, f in zip(caches, fresh)]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _prompt_logprobs(weights, tokens_1P, temperature, *, cfg):
+@functools.partial(jax.jit, static_argnames=("cfg", "top_n"))
+def _prompt_logprobs(weights, tokens_1P, temperature, *, cfg, top_n):
     P = tokens_1P.shape[1]
     h_1PD, _ = hidden_states_unrolled(weights, cfg, tokens_1P, jnp.ones_like(tokens_1P), jnp.arange(P)[None],
                                       init_layer_caches(cfg, 1, P), 0)
     # log_softmax(h W^T / t) = log_softmax((h / t) W^T): one compiled program for every temperature.
-    return chunked_logprobs(h_1PD[0, :-1] / temperature.astype(h_1PD.dtype), unembedding(weights, cfg),
-                            tokens_1P[0, 1:])
+    h_ND = h_1PD[0, :-1] / temperature.astype(h_1PD.dtype)
+    logp_N = chunked_logprobs(h_ND, unembedding(weights, cfg), tokens_1P[0, 1:])
+    if not top_n:
+        return (logp_N,)
+
+    def top(h_cD):  # a chunk of positions at a time, never the [P, V] logits at once
+        return jax.lax.top_k(jax.nn.log_softmax(decode_logits(h_cD, unembedding(weights, cfg)), axis=-1), top_n)
+    chunk = min(P - 1, TOP_CHUNK)
+    h_CcD = jnp.pad(h_ND, ((0, -(P - 1) % chunk), (0, 0))).reshape(-1, chunk, h_ND.shape[1])
+    top_val_CcN, top_id_CcN = jax.lax.map(top, h_CcD)
+    return logp_N, top_val_CcN.reshape(-1, top_n)[:P - 1], top_id_CcN.reshape(-1, top_n)[:P - 1]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sample", "filtering", "top_n"), donate_argnums=1)

@@ -333,7 +333,11 @@ def sglang_answer(r: Request, p: Prompt, call: GenerateCall, tokenizer, input_lo
     if p.return_logprob:
         meta["output_token_logprobs"] = [[lp, t, token_text(t)] for lp, t in zip(logprobs, ids)]
         if input_logprobs is not None:
-            meta["input_token_logprobs"] = [[lp, t, token_text(t)] for lp, t in input_logprobs]
+            tokens, tops = input_logprobs
+            meta["input_token_logprobs"] = [[lp, t, token_text(t)] for lp, t in tokens]
+            if tops is not None:
+                meta["input_top_logprobs"] = [None if step is None else [[lp, t, token_text(t)] for lp, t in step]
+                                              for step in tops]
         if p.top_logprobs_num:
             meta["output_top_logprobs"] = [[[lp, t, token_text(t)] for lp, t in step] for step in r.top[:n]]
     return {"text": output_text(r, p.sampling, tokenizer) if r.finish else _partial_text(ids, p, tokenizer),

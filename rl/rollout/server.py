@@ -361,15 +361,19 @@ def _text_with_specials(tok):
     return None if tok is None else (lambda ids: tok.decode(ids, skip_special_tokens=False))
 
 
-async def _input_logprobs(state: ServerState, p) -> list | None:
-    """SGLang's input_token_logprobs: (logprob, id) from prompt token logprob_start_len on (the first
-    prompt token has none); empty at the default -1."""
+async def _input_logprobs(state: ServerState, p) -> tuple[list, list | None] | None:
+    """SGLang's input_token_logprobs, (logprob, id) from prompt token logprob_start_len on (the first
+    prompt token has none), and with top_logprobs_num its input_top_logprobs, per position (None at the
+    first prompt token); both empty at the default logprob_start_len -1."""
     if not p.return_logprob:
         return None
     if p.logprob_start_len < 0:
-        return []
-    values = await asyncio.to_thread(state.engine.prompt_logprobs, p.ids, p.sampling.params.temperature)
-    return [(None if t == 0 else values[t - 1], p.ids[t]) for t in range(p.logprob_start_len, len(p.ids))]
+        return [], [] if p.top_logprobs_num else None
+    values, top = await asyncio.to_thread(state.engine.prompt_logprobs, p.ids, p.sampling.params.temperature,
+                                          p.top_logprobs_num)
+    positions = range(p.logprob_start_len, len(p.ids))
+    tokens = [(None if t == 0 else values[t - 1], p.ids[t]) for t in positions]
+    return tokens, None if top is None else [None if t == 0 else top[t - 1] for t in positions]
 
 
 async def _stream_generate(state: ServerState, call: GenerateCall, flat) -> AsyncIterator[str]:

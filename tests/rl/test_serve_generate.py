@@ -119,6 +119,27 @@ def test_top_logprobs_text_and_input_logprobs(served):
     assert [t for _, t, _ in inputs] == PROMPTS[1] and inputs[0][0] is None
     np.testing.assert_allclose([lp for lp, _, _ in inputs[1:]],
                                served.reference_logprobs(PROMPTS[1][:1], PROMPTS[1][1:], 1.0), atol=2e-5)
+    tops = meta["input_top_logprobs"]
+    assert len(tops) == len(inputs) and tops[0] is None
+    logits = served.reference_logits(PROMPTS[1][:1], PROMPTS[1][1:])
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    for top, row in zip(tops[1:], logp):
+        assert [t for _, t, _ in top] == np.argsort(-row)[:3].tolist()
+        np.testing.assert_allclose([lp for lp, _, _ in top], np.sort(row)[::-1][:3], atol=2e-5)
+        assert all(text == served.tokenizer.decode([t]) for _, t, text in top)
+
+
+def test_input_top_logprobs_from_logprob_start_len(served):
+    body = {"input_ids": PROMPTS[1], "return_logprob": True, "top_logprobs_num": 2, "logprob_start_len": 3,
+            "sampling_params": {"max_new_tokens": 1, "temperature": 0.5}}
+    meta = served.generate(body)["meta_info"]
+    inputs, tops = meta["input_token_logprobs"], meta["input_top_logprobs"]
+    assert [t for _, t, _ in inputs] == PROMPTS[1][3:] and len(tops) == len(inputs)
+    for (lp, t, _), top in zip(inputs, tops):  # at temperature 0.5, as the token logprobs
+        assert len(top) == 2 and top[0][0] >= max(top[1][0], lp - 1e-6) and top[0][2] is None
+    body["logprob_start_len"] = -1
+    meta = served.generate(body)["meta_info"]
+    assert meta["input_token_logprobs"] == [] and meta["input_top_logprobs"] == []
 
 
 def test_text_input_zero_tokens_and_streaming(served):
