@@ -67,7 +67,9 @@ def sequence_ratio_clip(logp, old_logp, advantages, mask, *, eps_low, eps_high):
     log_ratio_bt = jnp.where(mask, logp - old_logp, 0.0)
     log_s_b = log_ratio_bt.sum(axis=-1) / jnp.maximum(mask.sum(axis=-1), 1)
     s_b1 = jnp.exp(jnp.minimum(jax.lax.stop_gradient(log_s_b), MAX_LOG_RATIO))[:, None]
-    ratio_bt = s_b1 * jnp.exp(logp - jax.lax.stop_gradient(logp))
+    # A token at logp = -inf makes s 0; zeroed here, its exp(logp - sg[logp]) is 1, not exp(-inf + inf).
+    finite_bt = jnp.where(jnp.isfinite(logp), logp, 0.0)
+    ratio_bt = s_b1 * jnp.exp(finite_bt - jax.lax.stop_gradient(finite_bt))
     return clipped_surrogate(ratio_bt, advantages, eps_low, eps_high)
 
 

@@ -80,6 +80,20 @@ def test_a_ratio_beyond_float32_stays_finite(objective):
             assert value == 0.0 and not np.asarray(grad).any()
 
 
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_a_token_of_zero_probability_stays_finite(objective):
+    """A valid token at logp = -inf (a logit of -inf): its ratio is 0, so the loss is finite and no
+    gradient reaches it; GSPO's exp(logp - sg[logp]) was exp(-inf + inf), NaN, on every token."""
+    logp = jnp.array([[-0.5, -jnp.inf, -1.0]], jnp.float32)
+    old = jnp.array([[-0.6, -1.0, -1.0]], jnp.float32)
+    mask = jnp.ones((1, 3), bool)
+    for advantage in (1.0, 0.0, -1.0):
+        (value, _), grad = jax.value_and_grad(
+            lambda lp, a=advantage: policy_loss(objective, lp, old, jnp.array([a]), mask), has_aux=True)(logp)
+        assert np.isfinite(value) and np.isfinite(grad).all(), (advantage, value, grad)
+        assert grad[0, 1] == 0.0
+
+
 @pytest.mark.parametrize("objective", ["gspo", "dapo"])
 def test_low_precision_logprobs_are_upcast(objective):
     """GSPO's 3e-4 clip range is below bf16's resolution near 1: computed in bf16, the ratio rounded to 1."""
