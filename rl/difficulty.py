@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from rl.data import DataError, read_rows, to_record
+from rl.data import DataError, id_prefixes, read_rows, to_record
 from rl.evaluation import EvaluationError, load_results
 
 
@@ -30,10 +30,11 @@ def pass_rates(results: dict) -> dict[str, float]:
 def keep_window(paths, rates: dict[str, float], low: float, high: float):
     """Yield (raw row, verdict) for every row of the problem files; verdict is "kept", "too_easy",
     "too_hard", "not_evaluated" or "bad_row"."""
-    for path in paths:
-        for i, row, where in read_rows(Path(path)):
+    paths = [Path(p) for p in paths]
+    for path, prefix in zip(paths, id_prefixes(paths)):
+        for i, row, where in read_rows(path):
             try:
-                record = to_record(row, f"{Path(path).stem}-{i}", where)
+                record = to_record(row, f"{prefix}#{i}", where)  # the ids load_problems gave rl.evaluate
             except DataError:
                 yield row, "bad_row"
                 continue

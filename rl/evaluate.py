@@ -105,6 +105,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--server needs --tokenizer DIR: prompts are sent as token ids of the served model's tokenizer")
     if not 0 < args.top_p <= 1 or args.temperature < 0:
         p.error("--top-p must be in (0, 1] and --temperature >= 0")
+    if args.window:
+        from rl.data import parse_window
+        try:
+            parse_window(args.window)  # before a load of gigabytes, not after
+        except ValueError as e:
+            p.error(f"--window: {e}")
     if args.lcb_exact and not lcb_exact_supported():
         p.error("--lcb-exact: this sandbox has no lcb_exact grading option (sandbox.grader.Options)")
     return args

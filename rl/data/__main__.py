@@ -7,7 +7,7 @@ import sys
 
 from rl.experiment import DataSection
 
-from .filters import WINDOWS
+from .filters import WINDOWS, parse_window
 from .prepare import prepare, select
 from .prompts import STYLES, load_tokenizer, prompt_messages
 from .sources import DataError
@@ -40,7 +40,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.show < 0:
+        parser.error(f"--show: expected K >= 0, got {args.show}")
+    if args.window:
+        try:
+            parse_window(args.window)  # before a load of gigabytes, not after
+        except ValueError as e:
+            parser.error(f"--window: {e}")
     progress = sys.stderr.isatty()
     try:
         data = DataSection(train=tuple(args.files), window=args.window,

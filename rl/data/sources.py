@@ -9,6 +9,7 @@ Tests are always built by `sandbox.Problem`; nothing here parses a test.
 """
 from __future__ import annotations
 
+import codecs
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -72,7 +73,8 @@ def load_problems(paths, *, strict: bool = False, progress: bool = False
     if isinstance(paths, (str, Path)):
         paths = [paths]
     records, report, seen = [], LoadReport(), {}
-    for path in map(Path, paths):
+    paths = [Path(p) for p in paths]
+    for path, prefix in zip(paths, id_prefixes(paths)):
         skipped_before, first_error = report.skipped, None
         rows = read_rows(path)
         if progress:
@@ -82,7 +84,7 @@ def load_problems(paths, *, strict: bool = False, progress: bool = False
             try:
                 if isinstance(row, DataError):
                     raise row
-                rec = to_record(row, f"{path.name}#{row_no}", where)
+                rec = to_record(row, f"{prefix}#{row_no}", where)
                 if rec.id in seen:
                     raise DataError(f"{where}: id: {rec.id!r} already used by {seen[rec.id]}")
             except DataError as e:
@@ -102,6 +104,13 @@ def load_problems(paths, *, strict: bool = False, progress: bool = False
                           "strict=True raises instead", RuntimeWarning, stacklevel=2)
     report.loaded = len(records)
     return records, report
+
+
+def id_prefixes(paths: list[Path]) -> list[str]:
+    """What the ids of rows without one start with ("FILE#ROW"): each file's name, or the path as given
+    where files of one load share a name (hub parquet exports name every subset's file 0000.parquet)."""
+    names = Counter(p.name for p in paths)
+    return [p.name if names[p.name] == 1 else p.as_posix() for p in paths]
 
 
 def to_record(row: Any, default_id: str, where: str) -> ProblemRecord:
@@ -150,16 +159,27 @@ def _taco(row: dict, default_id: str, where: str) -> ProblemRecord:
     problem = Problem.from_dict({"tests": row["input_output"], "starter_code": starter})
     return ProblemRecord(
         id=_id(row, default_id, where), source="taco", question=_text(row, "question", where),
-        starter_code=starter, problem=problem, difficulty=_label(row, "difficulty", where),
+        starter_code=starter or _stub(problem), problem=problem, difficulty=_label(row, "difficulty", where),
         platform=_label(row, "source", where), origin=where)
 
 
 def _deepcoder(row: dict, default_id: str, where: str) -> ProblemRecord:
     starter = _text(row, "starter_code", where, required=False)
     fields = {"tests": row["tests"], "starter_code": starter, "metadata": row.get("metadata") or {}}
+    problem = Problem.from_dict(_rllm_shapes(fields))
     return ProblemRecord(
         id=_id(row, default_id, where), source="deepcoder", question=_text(row, "problem", where),
-        starter_code=starter, problem=Problem.from_dict(_rllm_shapes(fields)), origin=where)
+        starter_code=starter or _stub(problem), problem=problem, origin=where)
+
+
+def _stub(problem: Problem) -> str:
+    """Starter code for a call-based problem published without any (some TACO / DeepCoder rows): with
+    none, the prompt would ask for a stdin program, and the grader calls fn_name. One parameter per
+    argument of the first test."""
+    if not problem.call_based:
+        return ""
+    arity = len(problem.tests[0].input.splitlines()) if problem.tests else 0
+    return f"def {problem.fn_name}({', '.join(f'arg{i}' for i in range(1, arity + 1))}):\n    "
 
 
 def _sandbox(row: dict, default_id: str, where: str) -> ProblemRecord:
@@ -275,20 +295,25 @@ def _json_rows(path: Path):
 
 
 def _jsonl_rows(path: Path):
+    """Lines are decoded one by one, so a line that is not UTF-8 is that row's error, not the file's."""
     row = 0
     try:
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
+        with path.open("rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                if not raw.strip():
                     continue
                 where = f"{path} row {row} (line {line_no})"
                 try:
-                    value = loads_json(line)
+                    value = loads_json(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    value = DataError(f"{where}: not UTF-8 ({e})")  # raised as the row's error
                 except (ValueError, RecursionError) as e:
-                    value = DataError(f"{where}: undecodable JSON ({e})")  # raised as the row's error
+                    value = DataError(f"{where}: undecodable JSON ({e})")
                 yield row, value, where
                 row += 1
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise DataError(f"{path}: unreadable after row {row} ({type(e).__name__}: {e})") from None
 
 

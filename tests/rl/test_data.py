@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rl.data import (DataError, filter_problems, load_problems, load_tokenizer, parse_window,
-                     prepare, render_prompt, render_prompts, select)
+                     prepare, render_prompt, render_prompts, select, user_text)
 from rl.data.__main__ import main
 from rl.experiment import DataSection
 from sandbox import Problem
@@ -61,6 +61,43 @@ def test_taco_deepcoder_and_sandbox_rows_load():
     own, report = load("sandbox_problems.json")
     assert [(r.id, r.source, r.problem.fn_name) for r in own] == [("echo", "sandbox", None),
                                                                 ("square", "sandbox", "square")]
+
+
+def test_call_based_rows_without_starter_code_get_a_stub_to_complete():
+    """With no starter code the prompt asked for a stdin program, and the grader calls fn_name."""
+    deep, _ = load("deepcoder_preview.jsonl")
+    assert deep[3].starter_code == "def double(arg1):\n    "
+    text = user_text(deep[3].question, deep[3].starter_code)
+    assert "following starter code" in text and "def double(arg1):" in text
+    taco, _ = load("taco.jsonl")
+    assert taco[1].starter_code == "def add(a, b):\n\t" and taco[0].starter_code == ""  # published ones kept
+    from sandbox import SandboxPool
+    with SandboxPool(1) as pool:
+        assert pool.grade(deep[3].problem, deep[3].starter_code + "return 2 * arg1\n").verdict.name == "ACCEPTED"
+
+
+def test_files_of_one_name_in_several_folders_keep_every_row(tmp_path):
+    """Hub parquet exports name every subset's file 0000.parquet; ids made from the name alone collided."""
+    paths = []
+    for folder in ("taco", "primeintellect"):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / "taco.jsonl")
+        shutil.copy(DATA / "taco.jsonl", paths[-1])
+    recs, report = load_problems(paths)
+    assert report.loaded == 4 and report.skipped == 0
+    assert [r.id for r in recs] == [f"{p.as_posix()}#{i}" for p in paths for i in range(2)]
+    assert [r.id for r in load_problems(paths[:1])[0]] == ["taco.jsonl#0", "taco.jsonl#1"]
+
+
+def test_a_line_that_is_not_utf8_is_one_bad_row(tmp_path):
+    lines = (DATA / "taco.jsonl").read_bytes().splitlines()
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + lines[0] + b"\n" + '{"question": "caf\u00e9"}'.encode("latin-1") + b"\n"
+                     + lines[1] + b"\n")
+    with pytest.warns(RuntimeWarning, match="skipped 1 malformed rows"):
+        recs, report = load_problems(path)
+    assert [r.id for r in recs] == ["mixed.jsonl#0", "mixed.jsonl#2"]
+    assert report.errors[0].startswith(f"{path} row 1 (line 2): not UTF-8")
 
 
 def test_parquet_rows_load_like_jsonl(tmp_path):

@@ -26,3 +26,17 @@ def test_bad_results_file_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "results.json").write_text("{\"problems\": [{\"id\": 3}]}")
     assert rl.difficulty.main([str(tmp_path), "--problems", str(HELDOUT_FILE), "--out", str(tmp_path / "o")]) == 2
     assert "problems[0]" in capsys.readouterr().err
+
+
+def test_rows_without_an_id_match_the_ids_rl_evaluate_recorded(tmp_path, capsys):
+    """rl.evaluate records load_problems' ids ("FILE#ROW"); the filter looked rows up as "STEM-ROW"."""
+    from rl.data import load_problems
+
+    rows = [{k: v for k, v in json.loads(line).items() if k != "id"} for line in HELDOUT_FILE.read_text().splitlines()[:2]]
+    problems = tmp_path / "train.jsonl"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids = [r.id for r in load_problems(problems)[0]]
+    (tmp_path / "results.json").write_text(json.dumps({"problems": [{"id": i, "n": 8, "c": 4} for i in ids]}))
+    out = tmp_path / "kept.jsonl"
+    assert rl.difficulty.main([str(tmp_path), "--problems", str(problems), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["kept"] == 2
