@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
 import httpx
 
 from rl.rollout.records import (BadAnswer, Sample, SampleRequest, abort_message, abort_status, finish_type,
-                                group_requests, sample_seed, to_sample)
+                                group_requests, output_tokens, sample_seed, to_sample)
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +187,22 @@ class RolloutClient:
                     return to_sample(answer, request, server=server, latency=latency, attempts=attempts)
                 aborts += 1
                 self._check_abort(answer, request, server, aborts)
+                if aborts > 1:  # a server that aborts everything is not hammered
+                    await asyncio.sleep(min(self.max_backoff, self.backoff * 2 ** (aborts - 2)))
         finally:
             self._drawing.discard(request.identity)
 
     async def _group_with_n(self, requests: list[SampleRequest], seed: int) -> list[Sample]:
         first = requests[0]
-        params = {**first.sampling, "n": len(requests)}
-        params.pop("sampling_seed", None)
-        answers, server, latency, attempts = await self._generate(first, params, 0)
+        if any(r.identity in self._drawing for r in requests):
+            raise ValueError(f"{first.label}: this group is already being drawn by this client")
+        self._drawing.update(r.identity for r in requests)
+        try:
+            params = {**first.sampling, "n": len(requests)}
+            params.pop("sampling_seed", None)
+            answers, server, latency, attempts = await self._generate(first, params, 0)
+        finally:
+            self._drawing.difference_update(r.identity for r in requests)
         if len(answers) != len(requests):
             raise RolloutError(f"{first.label}: {server} answered {len(answers)} completions for n={len(requests)}")
         samples, redraw = [], []
@@ -269,7 +277,7 @@ class RolloutClient:
             if rid:
                 self._in_background(self._abort(server.url, rid))  # free the server's slot for the retry
             raise _Retryable(f"no answer within {self.timeout:g}s") from None
-        except httpx.TransportError as e:
+        except httpx.HTTPError as e:  # no connection, a dropped or undecodable body
             raise _Retryable(f"{type(e).__name__}: {e}") from None
         if response.status_code >= 500 or response.status_code in (408, 429):
             raise _Retryable(f"HTTP {response.status_code}: {response.text[:300]}")
@@ -281,7 +289,8 @@ class RolloutClient:
             if len(answers) != n or not all(isinstance(a, dict) for a in answers):
                 raise BadAnswer(f"expected {n} answer object(s), got {str(answer)[:200]}")
             for a in answers:
-                finish_type(a)
+                if finish_type(a) != "abort":
+                    output_tokens(a)  # NaN logprobs, missing triples: the next try may be sound
         except ValueError as e:  # JSON errors and BadAnswer: the answer was cut or garbled
             raise _Retryable(f"malformed answer: {e}") from None
         return answers
@@ -350,8 +359,9 @@ class RolloutClient:
         """flush_cache answers 400 while requests are still pending; retry until they drain."""
         deadline, delay = time.monotonic() + flush_timeout, 0.05
         while True:
-            try:
-                response = await self._control.post(f"{url}/flush_cache")
+            try:  # each try bounded by what is left, so a hanging flush_cache cannot outlast flush_timeout
+                response = await self._control.post(f"{url}/flush_cache",
+                                                    timeout=max(0.05, deadline - time.monotonic()))
                 if response.status_code == 200:
                     return
                 why = f"HTTP {response.status_code}: {response.text[:200]}"
@@ -394,17 +404,21 @@ async def wait_healthy(urls: str | Sequence[str], timeout: float = 600.0, *, api
     TimeoutError names each server still failing and why."""
     pending = {url: "not polled yet" for url in _urls(urls, "wait_healthy")}
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(headers=_headers(api_key), timeout=httpx.Timeout(max(interval, 30.0))) as http:
+
+    async def poll(http: httpx.AsyncClient, url: str) -> None:
+        try:  # bounded by the deadline: a server that accepts and never answers cannot outlast the timeout
+            response = await http.get(f"{url}/health_generate",
+                                      timeout=max(0.05, min(30.0, deadline - time.monotonic())))
+            if response.status_code == 200:
+                del pending[url]
+            else:
+                pending[url] = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as e:
+            pending[url] = f"{type(e).__name__}: {e}"
+
+    async with httpx.AsyncClient(headers=_headers(api_key)) as http:
         while pending:
-            for url in list(pending):
-                try:
-                    response = await http.get(f"{url}/health_generate")
-                    if response.status_code == 200:
-                        del pending[url]
-                    else:
-                        pending[url] = f"HTTP {response.status_code}: {response.text[:200]}"
-                except httpx.HTTPError as e:
-                    pending[url] = f"{type(e).__name__}: {e}"
+            await asyncio.gather(*(poll(http, url) for url in list(pending)))  # all at once, not one by one
             if pending:
                 if time.monotonic() + interval > deadline:
                     raise TimeoutError(f"servers not healthy after {timeout:g}s: "

@@ -90,12 +90,9 @@ def abort_status(answer: Mapping[str, Any]) -> int | None:
     return code if isinstance(code, int) else None
 
 
-def to_sample(answer: Mapping[str, Any], request: SampleRequest, *, server: str, latency: float,
-              attempts: int) -> Sample:
-    """Read one finished (not aborted) /generate answer; BadAnswer names the field that is wrong."""
-    kind = finish_type(answer)
-    meta = answer["meta_info"]
-    triples = meta.get("output_token_logprobs")
+def output_tokens(answer: Mapping[str, Any]) -> tuple[list[int], list[float]]:
+    """(token ids, finite logprobs) of meta_info.output_token_logprobs; BadAnswer names the entry at fault."""
+    triples = answer["meta_info"].get("output_token_logprobs")
     if not isinstance(triples, list):
         raise BadAnswer(f"meta_info.output_token_logprobs must be a list (was return_logprob sent?), got "
                         f"{type(triples).__name__}")
@@ -106,6 +103,15 @@ def to_sample(answer: Mapping[str, Any], request: SampleRequest, *, server: str,
             raise BadAnswer(f"meta_info.output_token_logprobs[{i}] must be [logprob, token_id, text], got {t!r}")
         logprobs.append(float(t[0]))
         output_ids.append(t[1])
+    return output_ids, logprobs
+
+
+def to_sample(answer: Mapping[str, Any], request: SampleRequest, *, server: str, latency: float,
+              attempts: int) -> Sample:
+    """Read one finished (not aborted) /generate answer; BadAnswer names the field that is wrong."""
+    kind = finish_type(answer)
+    meta = answer["meta_info"]
+    output_ids, logprobs = output_tokens(answer)
     version = meta.get("weight_version")
     return Sample(key=request.key, index=request.index, prompt_ids=list(request.prompt_ids), output_ids=output_ids,
                   logprobs=logprobs, finish_reason=kind, weight_version="" if version is None else str(version),

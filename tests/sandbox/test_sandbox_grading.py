@@ -278,6 +278,22 @@ def test_extract_code_takes_last_python_or_bare_block():
     assert extract_code("```cpp\nint main(){}\n```") is None
 
 
+@pytest.mark.parametrize("before", ["Wrap it in ```\nSo:\n", "use ```x``` then\n", "```python\nprint(0)\nfinal:\n",
+                                    "<think>a stray ``` here\n</think>\n", "```python\nA\n```\n```python\ndraft\n"])
+def test_extract_code_pairs_fences_from_the_end(before):
+    """A stray or unclosed fence before the answer shifted every later pair (LiveCodeBench pairs the
+    last two fence lines), giving prose as code or no code at all."""
+    assert extract_code(before + "Sure.\n```python\nprint(2 * int(input()))\n```\n") == "print(2 * int(input()))\n"
+
+
+def test_extract_code_fence_lines():
+    assert extract_code("```python\r\nprint(1)\r\n```\r\n") == "print(1)\n"  # CRLF
+    assert extract_code("```python title=sol.py\nprint(1)\n```") == "print(1)\n"
+    assert extract_code("```python\nA\n```python\nB\n```") == "B\n"
+    assert extract_code("```python\nA\n```\nthen, cut off:\n```python\nB") == "A\n"  # truncated last block
+    assert extract_code("```python\n```") == ""
+
+
 # ---- command line ----
 
 def _cli(*args):
