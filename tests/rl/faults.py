@@ -5,7 +5,8 @@ answer passed back, except for the faults scripted with `inject`, taken in order
 path:
 - "500": answer HTTP 500 without forwarding;
 - "stall": forward, then hold the (real) answer for `seconds` before sending it;
-- "drop": forward, then send the status line and half the body and close the connection.
+- "drop": forward, then send the status line and half the body and close the connection;
+- "nan": forward, then answer with every output logprob replaced by NaN (a server with NaN weights).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-FAULTS = ("500", "stall", "drop")
+FAULTS = ("500", "stall", "drop", "nan")
 HOP_HEADERS = {b"host", b"content-length", b"connection", b"transfer-encoding", b"keep-alive"}
 
 
@@ -126,13 +127,22 @@ class FaultProxy:
             await send({"type": "http.response.body", "body": upstream.content[:len(upstream.content) // 2],
                         "more_body": True})
             raise DroppedConnection("injected fault")
-        await _answer(send, upstream.status_code, upstream.content, answer_headers)
+        content = _nan_logprobs(upstream.content) if fault == "nan" else upstream.content
+        await _answer(send, upstream.status_code, content, answer_headers)
 
 
 async def _answer(send, status: int, body: bytes, headers: list) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": headers + [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _nan_logprobs(content: bytes) -> bytes:
+    answer = json.loads(content)
+    for a in answer if isinstance(answer, list) else [answer]:
+        for triple in a["meta_info"].get("output_token_logprobs", []):
+            triple[0] = float("nan")
+    return json.dumps(answer).encode()  # NaN written as Python's json writes it
 
 
 def _rid(body: bytes) -> str | None:

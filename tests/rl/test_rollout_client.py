@@ -157,6 +157,53 @@ def test_injected_500s_and_dropped_answers_are_retried_exactly_once(server, prom
     assert {s.identity: s.output_ids for s in samples} == expected
 
 
+def test_an_answer_with_nan_logprobs_is_retried(server, prompt):
+    """A malformed answer (here NaN logprobs) is worth another try, not an error outside RolloutError."""
+    requests = many(prompt, 1, 2)
+    with FaultProxy(server) as proxy:
+        proxy.inject("nan")
+
+        async def run():
+            async with client(proxy.url, backoff=0.05) as c:
+                return await draw_all(c, requests)
+        samples = asyncio.run(run())
+        assert proxy.injected("nan") == 1
+    assert_exactly_once(samples, requests)
+    assert sum(s.attempts - 1 for s in samples) == 1
+
+
+def test_use_n_groups_are_guarded_against_a_concurrent_duplicate(server, prompt):
+    async def run():
+        async with client(server) as c:
+            first = asyncio.create_task(c.group(prompt, 2, SAMPLING, seed=0, key="g", use_n=True))
+            await asyncio.sleep(0)
+            with pytest.raises(ValueError, match="already being drawn"):
+                await c.group(prompt, 2, SAMPLING, seed=0, key="g", use_n=True)
+            return await first
+    assert [s.index for s in asyncio.run(run())] == [0, 1]
+
+
+def test_a_server_that_never_answers_cannot_outlast_the_timeouts(server, prompt):
+    """Each /health_generate poll and each flush_cache try used to wait up to 30 s / 60 s whatever the
+    timeout asked for."""
+    with FaultProxy(server) as proxy:
+        proxy.inject("stall", path="/health_generate", seconds=20.0)
+        proxy.inject("stall", path="/flush_cache", seconds=20.0)
+
+        async def run():
+            start = time.monotonic()
+            with pytest.raises(TimeoutError, match="not healthy after 1s"):
+                await wait_healthy(proxy.url, timeout=1.0, api_key=API_KEY, interval=0.1)
+            health = time.monotonic() - start
+            async with client(proxy.url) as c:
+                start = time.monotonic()
+                with pytest.raises(WeightSyncError, match="flush_cache did not succeed within 1s"):
+                    await c.sync_weights("/nonexistent", "v2", flush_timeout=1.0)
+                return health, time.monotonic() - start
+        health, sync = asyncio.run(run())
+    assert health < 5 and sync < 5, (health, sync)
+
+
 def test_an_answer_stalled_past_its_timeout_is_retried_once(server, prompt):
     requests = many(prompt, 1, 2)
     with FaultProxy(server) as proxy:
