@@ -136,7 +136,8 @@ def load_params(source, cfg: models.ModelConfig, mesh) -> dict:
     safetensors), a run directory, its checkpoints directory (newest readable step) or one step folder.
     This is schedule.init_from: the 32K stage from the 16K run, or an SFT warm start."""
     source = Path(source)
-    if (source / "config.json").is_file():
+    # A run directory holds the experiment's config.json too: its checkpoints come first.
+    if (source / "config.json").is_file() and not (source / "checkpoints").is_dir():
         loaded_cfg, params = models.load_hf(source, dtype=cfg.param_dtype, mesh=mesh)
         _check_shapes(source, cfg, loaded_cfg)
         return params

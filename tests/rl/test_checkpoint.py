@@ -137,7 +137,10 @@ def test_keeps_the_last_k(saved_run, tmp_path):
 
 def test_init_from_loads_params_from_checkpoint_or_hf_folder(saved_run, tmp_path):
     mesh = single_device_mesh()
-    from_ckpt = load_params(saved_run["directory"].parent, CFG, mesh)  # the run directory
+    run_dir = tmp_path / "run"  # as rl.train leaves it: the experiment's config.json beside checkpoints/
+    shutil.copytree(saved_run["directory"], run_dir / "checkpoints")
+    (run_dir / "config.json").write_text('{"name": "run", "model": {}}')
+    from_ckpt = load_params(run_dir, CFG, mesh)
     assert_trees_close(from_ckpt, saved_run["saved"].params, rtol=0, atol=0)
     models.save_hf(tmp_path / "hf", CFG, saved_run["saved"].params)
     assert_trees_close(load_params(tmp_path / "hf", CFG, mesh), saved_run["saved"].params, rtol=0, atol=0)
