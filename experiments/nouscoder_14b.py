@@ -4,7 +4,8 @@ Published by Nous Research: Qwen3-14B, DeepCoder's training problems, +1 / -1 re
 4 GB per test, sampling at temperature 1.0 / top_p 1.0 for training and 0.6 / 0.95 for evaluation,
 overlong filtering, rollouts at most 2 batches off-policy (Atropos' max_batches_offpolicy),
 evaluation on LiveCodeBench v6. Atropos environments drop groups whose scores are all equal, as
-DAPO's dynamic sampling does. Every "chosen" comment marks a setting the seed does not publish.
+DAPO's dynamic sampling does. Every "chosen" comment marks a setting the seed does not publish; so
+is the base's unbiased group std (advantages.ddof=1; the Atropos example trainer uses ddof=0).
 model.path and the data paths are local copies: point them at yours with --set.
 """
 from experiments import base

@@ -183,6 +183,9 @@ class Experiment:
             if key in SECTIONS and isinstance(value, dict):
                 types_ = _fields(SECTIONS[key])
                 value = dataclasses.replace(getattr(self, key), **{k: _coerce(v, types_[k]) for k, v in value.items()})
+            elif key in SECTIONS and isinstance(value, SECTIONS[key]):  # whole: its lists become tuples too
+                types_ = _fields(SECTIONS[key])
+                value = dataclasses.replace(value, **{k: _coerce(getattr(value, k), t) for k, t in types_.items()})
             elif key not in SECTIONS:
                 value = _coerce(value, _fields(Experiment)[key])
             updates[key] = value
@@ -417,7 +420,14 @@ def validate(exp: Experiment, source: Source | str = "<experiment>", *, devices:
         if not ok:
             error(key, message)
 
-    # Types first: the range checks below assume them.
+    # Sections, then types: the range checks below assume them.
+    for key, section in SECTIONS.items():
+        if not isinstance(getattr(exp, key), section):
+            value = getattr(exp, key)
+            error(key, f"expected a {section.__name__}, got {type(value).__name__} {value!r} (a dict is "
+                       f"accepted by Experiment.replace, not by the constructor)")
+    if errors:
+        raise ExperimentError(errors)
     for key in keys():
         tp, value = _type_of(key), exp.get(key)
         if not _has_type(value, tp):
@@ -427,8 +437,9 @@ def validate(exp: Experiment, source: Source | str = "<experiment>", *, devices:
 
     m, o, a, d, r, s, b, opt, sch = (exp.model, exp.objective, exp.advantages, exp.data, exp.rollout,
                                      exp.sandbox, exp.batch, exp.optimizer, exp.schedule)
-    check("name", bool(exp.name) and "/" not in exp.name and exp.name not in (".", ".."),
-          f"a run needs a name usable as a folder name, got {exp.name!r}")
+    check("name", bool(exp.name) and "/" not in exp.name and "\0" not in exp.name and exp.name not in (".", "..")
+          and len(exp.name.encode("utf-8", "surrogatepass")) <= 255,
+          f"a run needs a name usable as a folder name (at most 255 bytes, no '/'), got {exp.name!r}")
     check("seed", exp.seed >= 0, f"must be >= 0, got {exp.seed}")
 
     check("model.path", bool(m.path), "empty: point it at a local Hugging Face folder (--set model.path=DIR)")
@@ -526,15 +537,17 @@ def validate(exp: Experiment, source: Source | str = "<experiment>", *, devices:
               f"prompts_per_step * group_size = {b.prompts_per_step} * {r.group_size} = {sequences} rollouts per "
               f"step must divide into mini_batches * micro_batches = {b.mini_batches} * {b.micro_batches} = "
               f"{splits} equal parts")
-    longest = d.max_prompt_tokens + max([r.max_response_tokens, *[t for _, t in _stages_or_empty(r)]])
-    if b.pack and b.max_tokens_per_row and b.max_tokens_per_row < longest:
+    longest, response_key = _longest(exp)
+    if b.max_tokens_per_row and b.max_tokens_per_row < longest:  # packed or not, a row holds a whole sequence
         error("batch.max_tokens_per_row",
               f"{b.max_tokens_per_row} tokens cannot hold the longest sequence, data.max_prompt_tokens + "
-              f"rollout.max_response_tokens = {longest}")
+              f"{response_key} = {longest}")
 
     check("optimizer.lr", opt.lr > 0, f"must be > 0, got {opt.lr}")
-    check("optimizer.warmup_steps", 0 <= opt.warmup_steps <= sch.steps,
-          f"must be in [0, schedule.steps={sch.steps}], got {opt.warmup_steps}")
+    optimizer_steps = sch.steps * b.mini_batches  # warmup counts optimizer steps: mini_batches per RL step
+    check("optimizer.warmup_steps", 0 <= opt.warmup_steps <= optimizer_steps,
+          f"must be in [0, schedule.steps * batch.mini_batches = {optimizer_steps}] (optimizer steps), "
+          f"got {opt.warmup_steps}")
     check("optimizer.weight_decay", opt.weight_decay >= 0, f"must be >= 0, got {opt.weight_decay}")
     check("optimizer.b1", 0 <= opt.b1 < 1, f"must be in [0, 1), got {opt.b1}")
     check("optimizer.b2", 0 <= opt.b2 < 1, f"must be in [0, 1), got {opt.b2}")
@@ -547,6 +560,14 @@ def validate(exp: Experiment, source: Source | str = "<experiment>", *, devices:
     check("schedule.keep_checkpoints", sch.keep_checkpoints >= 1, f"must be >= 1, got {sch.keep_checkpoints}")
     if errors:
         raise ExperimentError(errors)
+
+
+def _longest(exp: Experiment) -> tuple[int, str]:
+    """The longest prompt + response a run can make, and the key that sets the response's length."""
+    stages = [t for _, t in _stages_or_empty(exp.rollout)]
+    key = "rollout.context_stages" if stages and max(stages) > exp.rollout.max_response_tokens else \
+        "rollout.max_response_tokens"
+    return exp.data.max_prompt_tokens + max([exp.rollout.max_response_tokens, *stages]), key
 
 
 def _stages_or_empty(r: RolloutSection) -> list[tuple[int, int]]:
@@ -565,6 +586,8 @@ def check_resources(exp: Experiment, source: Source | str = "<experiment>") -> M
         cfg = model_config(exp)
     except ExperimentError as e:
         raise ExperimentError(f"{source.where('model.path')}: {e}") from None
+    if not exp.data.train:
+        errors.append(f"{source.where('data.train')}: data.train: no training problem files")
     for key in ("data.train", "data.eval"):
         for path in exp.get(key):
             if not Path(path).exists():
@@ -572,12 +595,10 @@ def check_resources(exp: Experiment, source: Source | str = "<experiment>") -> M
     if exp.schedule.init_from and not Path(exp.schedule.init_from).exists():
         errors.append(f"{source.where('schedule.init_from')}: schedule.init_from: no such checkpoint or "
                       f"folder {exp.schedule.init_from!r}")
-    longest = exp.data.max_prompt_tokens + max([exp.rollout.max_response_tokens,
-                                                *[t for _, t in _stages_or_empty(exp.rollout)]])
+    longest, key = _longest(exp)
     if longest > cfg.max_position_embeddings:
-        errors.append(f"{source.where('rollout.max_response_tokens')}: rollout.max_response_tokens: "
-                      f"data.max_prompt_tokens + rollout.max_response_tokens = {longest} exceeds the model's "
-                      f"context of {cfg.max_position_embeddings} tokens (raise model.max_context for YaRN)")
+        errors.append(f"{source.where(key)}: {key}: data.max_prompt_tokens + {key} = {longest} exceeds the "
+                      f"model's context of {cfg.max_position_embeddings} tokens (raise model.max_context for YaRN)")
     if errors:
         raise ExperimentError(errors)
     return cfg
@@ -648,10 +669,14 @@ def available() -> list[str]:
 def resolve_path(spec: str) -> Path:
     """A path to an experiment file (.py, or a saved config.json), or a bare name in experiments/."""
     path = Path(spec)
+    if path.suffix and path.suffix not in (".py", ".json"):
+        raise ExperimentError(f"{spec}: expected an experiment .py file, a saved config.json or a bare name "
+                              f"from {_display(EXPERIMENTS_DIR)}")
     if path.is_file():
         return path
     if path.suffix or "/" in spec or path.exists():
-        raise ExperimentError(f"{spec}: no such experiment file")
+        hint = f"; did you mean {path.stem!r}?" if (EXPERIMENTS_DIR / f"{path.stem}.py").is_file() else ""
+        raise ExperimentError(f"{spec}: no such experiment file{hint}")
     candidate = EXPERIMENTS_DIR / f"{spec}.py"
     if candidate.is_file():
         return candidate

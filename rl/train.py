@@ -51,10 +51,18 @@ def save_config(exp: Experiment, run_dir: Path) -> Path:
     """Writes run_dir/config.json atomically. A run directory that already holds a different
     config is refused (resuming keeps its config; a changed config is a new run)."""
     path = run_dir / "config.json"
+    try:
+        return _save_config(exp, run_dir, path)
+    except OSError as e:  # a run directory that is a file, a config.json that is a folder, a name too long
+        raise ExperimentError(f"run directory {run_dir}: {type(e).__name__}: {e.strerror or e}; "
+                              "choose another --run-dir") from None
+
+
+def _save_config(exp: Experiment, run_dir: Path, path: Path) -> Path:
     if path.exists():
         try:
             old = Experiment.from_json(path.read_text(), str(path))
-        except ExperimentError as e:
+        except (ExperimentError, UnicodeDecodeError) as e:
             raise ExperimentError(f"{path} exists and is not a readable config ({e}); "
                                   f"move it away or choose another --run-dir") from None
         if old != exp:

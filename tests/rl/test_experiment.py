@@ -73,7 +73,8 @@ EXPECTED_SHAPES = {  # (arch, hidden, intermediate, layers, heads, kv heads, hea
 def test_14b_experiments_resolve_the_real_model_shapes(name, real_configs):
     arch = "qwen2" if name.startswith("deepcoder") else "qwen3"
     exp, source = load(name, [f"model.path={real_configs[arch]}"])
-    cfg = check_resources(dataclasses.replace(exp, data=dataclasses.replace(exp.data, train=(), eval=()),
+    present = (str(real_configs[arch] / "config.json"),)  # the problem files are not here: any file that is
+    cfg = check_resources(dataclasses.replace(exp, data=dataclasses.replace(exp.data, train=present, eval=()),
                                               schedule=dataclasses.replace(exp.schedule, init_from="")), source)
     got = (cfg.arch, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
            cfg.head_dim, cfg.vocab_size, cfg.rms_norm_eps, cfg.max_position_embeddings)
@@ -102,6 +103,14 @@ def test_run_time_checks_name_the_key(real_configs, tmp_path):
     text = str(e.value)
     assert "(--set rollout.max_response_tokens=40000): rollout.max_response_tokens" in text and "42048" in text
     assert "data.eval: no such file" in text and "experiments/nouscoder_14b.py" in text  # data.train's line
+    exp, source = load("nouscoder_14b_gspo_40k", [f"model.path={real_configs['qwen3']}",
+                                                  "rollout.context_stages=5:40000"])
+    with pytest.raises(ExperimentError, match=r"\(--set rollout.context_stages=5:40000\): rollout.context_stages: "
+                                              r"data.max_prompt_tokens \+ rollout.context_stages = 42048"):
+        check_resources(exp, source)
+    exp, source = load("nouscoder_14b_gspo_40k", [f"model.path={real_configs['qwen3']}", "data.train="])
+    with pytest.raises(ExperimentError, match=r"\(--set data.train=\): data.train: no training problem files"):
+        check_resources(exp, source)
     with pytest.raises(ExperimentError, match=r"model.path=.*missing_model.*model.path: .*no such config file"):
         check_resources(*load("tiny_dapo", [f"model.path={tmp_path / 'missing_model'}"]))
 
@@ -174,7 +183,8 @@ BAD = [  # (section, field changes, the key named, a fragment of the message)
     ("batch", dict(prompts_per_step=-1), "batch.prompts_per_step", ">= 1"),
     ("batch", dict(max_tokens_per_row=100), "batch.max_tokens_per_row", "320"),
     ("optimizer", dict(lr=0.0), "optimizer.lr", "> 0"),
-    ("optimizer", dict(warmup_steps=50), "optimizer.warmup_steps", "schedule.steps=20"),
+    ("optimizer", dict(warmup_steps=50), "optimizer.warmup_steps", "schedule.steps * batch.mini_batches = 20]"),
+    ("batch", dict(pack=False, max_tokens_per_row=100), "batch.max_tokens_per_row", "320"),
     ("optimizer", dict(b2=1.0), "optimizer.b2", "[0, 1)"),
     ("schedule", dict(keep_checkpoints=0), "schedule.keep_checkpoints", ">= 1"),
     ("advantages", dict(ddof=2), "advantages.ddof", "0 (population std)"),
@@ -260,8 +270,30 @@ def test_errors_inside_an_experiment_file_name_its_line(tmp_path):
 def test_unknown_experiment_names():
     with pytest.raises(ExperimentError, match=r"tiny_gpso: no experiment .*did you mean 'tiny_gspo'"):
         load("tiny_gpso")
-    with pytest.raises(ExperimentError, match="nowhere/x.py: no such experiment file"):
+    with pytest.raises(ExperimentError, match="nowhere/x.py: no such experiment file$"):
         load("nowhere/x.py")
+    for spec in ("tiny_dapo.py", "experiments_typo/tiny_dapo"):
+        with pytest.raises(ExperimentError, match=f"{spec}: no such experiment file; did you mean 'tiny_dapo'"):
+            load(spec)
+    with pytest.raises(ExperimentError, match=r"exp.yaml: expected an experiment .py file, a saved config.json"):
+        load("exp.yaml")
+
+
+def test_sections_built_whole_or_wrongly(tmp_path):
+    from rl.experiment import RolloutSection
+    base, _ = load("tiny_dapo")
+    assert base.replace(rollout=RolloutSection(context_stages=["1:64"])).rollout.context_stages == ("1:64",)
+    path = tmp_path / "direct.py"
+    path.write_text("from rl.experiment import Experiment\n\nEXPERIMENT = Experiment(\n    model={'path': 'm'},\n)\n")
+    with pytest.raises(ExperimentError, match=r"direct.py:4: model: expected a ModelSection, got dict"):
+        load(str(path))
+    with pytest.raises(ExperimentError, match="at most 255 bytes"):
+        load("tiny_dapo", ["name=" + "a" * 256])
+
+
+def test_warmup_counts_optimizer_steps():
+    exp, _ = load("tiny_dapo", ["batch.mini_batches=2", "batch.micro_batches=1", "optimizer.warmup_steps=30"])
+    assert exp.optimizer.warmup_steps == 30 and exp.schedule.steps * exp.batch.mini_batches >= 30
 
 
 def test_a_file_outside_experiments_derives_from_one(tmp_path):

@@ -73,6 +73,9 @@ def test_a_run_checks_mesh_and_files(tmp_path, capsys, run_inputs):
                           *_set(run_inputs + [f"data.eval={tmp_path / 'gone.jsonl'}"])]) == 2
     assert "data.eval: no such file" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    (tmp_path / "a_file").write_text("")
+    assert rl.train.main(["tiny_dapo", "--run-dir", str(tmp_path / "a_file"), *_set(run_inputs)]) == 2
+    assert f"run directory {tmp_path / 'a_file'}: FileExistsError" in capsys.readouterr().err
 
 
 def test_module_entry_point():
