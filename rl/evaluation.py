@@ -203,6 +203,9 @@ def _resume(out: Path, setup: dict, ids: set[str], n: int) -> dict[str, list[dic
         old = json.loads(results_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise EvaluationError(f"{results_path}: unreadable ({e}); move it away or use another out folder") from None
+    if not isinstance(old, dict):
+        raise EvaluationError(f"{results_path}: not an rl.evaluate results file (expected a JSON object); "
+                              "move it away or use another out folder")
     # Through JSON, so tuples and lists compare equal.
     asked = json.loads(json.dumps({k: setup[k] for k in _RESUME_KEYS}))
     differ = [k for k in _RESUME_KEYS if old.get(k) != asked[k]]
@@ -220,7 +223,7 @@ def _resume(out: Path, setup: dict, ids: set[str], n: int) -> dict[str, list[dic
                     continue
             except (json.JSONDecodeError, TypeError, KeyError):
                 continue  # a line cut short by a crash: its problem is redone
-            if key in ids and isinstance(index, int) and 0 <= index < n:
+            if isinstance(key, str) and key in ids and isinstance(index, int) and 0 <= index < n:
                 groups.setdefault(key, {})[index] = raw, line
     finished = {k: g for k, g in groups.items() if len(g) == n}
     tmp = out / f".{SAMPLES_FILE}.tmp"
@@ -256,13 +259,15 @@ def load_results(path) -> dict:
 def read_samples(folder, problems: set[str] | None = None) -> list[dict]:
     """The samples.jsonl lines of an evaluation folder (of `problems` only, when given)."""
     rows = []
-    with (Path(folder) / SAMPLES_FILE).open(encoding="utf-8") as f:
+    with (Path(folder) / SAMPLES_FILE).open(encoding="utf-8", errors="replace") as f:
         for raw in f:
             try:
                 line = json.loads(raw)
             except json.JSONDecodeError:
                 continue
-            if problems is None or line.get("problem") in problems:
+            if not (isinstance(line, dict) and isinstance(line.get("problem"), str)):
+                continue  # not a sample line: skipped like a line cut short
+            if problems is None or line["problem"] in problems:
                 rows.append(line)
     return rows
 

@@ -240,6 +240,19 @@ def test_compare_counts_the_verdicts_a_grading_mode_changes(tmp_path):
     c = compare(a, b)
     assert c["regraded"] == {"same_completions": 3, "changed": 1}
     assert any("changed 1 of 3 verdicts" in note for note in c["notes"])
+    # damaged lines (not objects, not UTF-8) are skipped, as lines cut short are
+    with (tmp_path / "b" / "samples.jsonl").open("ab") as f:
+        f.write(b"5\n\xff\xfe[]\n{\"problem\": [\"p\"]}\n")
+    assert compare(a, b)["regraded"] == {"same_completions": 3, "changed": 1}
+
+
+@pytest.mark.parametrize("results", ["[]", "null"])
+def test_resume_refuses_a_results_file_that_is_not_an_object(tmp_path, results):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text(results)
+    with pytest.raises(evaluation.EvaluationError, match="results.json: not an rl.evaluate results file"):
+        evaluation._resume(out, {}, {"p"}, 2)
 
 
 @pytest.mark.parametrize("argv", [["compare", "a", "b", "--resamples", "0"], ["--temperature", "nan"],
