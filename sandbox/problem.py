@@ -140,7 +140,7 @@ class Problem:
         call_based = bool(metadata.get("func_name"))
         public = _decoded(row.get("public_test_cases") or "[]", "public_test_cases")
         private = _lcb_private_tests(row.get("private_test_cases") or "[]")
-        tests = []
+        tests, labels = [], []  # labels: each test's published name, for errors
         for name, group in (("public_test_cases", public), ("private_test_cases", private)):
             if not isinstance(group, list):
                 raise ProblemError(f"{name}: expected a list of tests")
@@ -149,12 +149,14 @@ class Problem:
                     raise ProblemError(f"{name}[{i}]: expected an object with input/output")
                 tests.append({"input": t.get("input"), "output": t.get("output"),
                               "testtype": "functional" if call_based else "stdin"})
+                labels.append(f"{name}[{i}]")
         return cls._build({"tests": tests, "metadata": metadata,
-                           "starter_code": row.get("starter_code") or "", **limits})
+                           "starter_code": row.get("starter_code") or "", **limits}, labels)
 
     @classmethod
-    def _build(cls, row: dict) -> "Problem":
-        """From the fields of from_dict, which every shape is brought to."""
+    def _build(cls, row: dict, labels: list[str] | None = None) -> "Problem":
+        """From the fields of from_dict, which every shape is brought to; `labels` name a list of tests
+        in errors (default tests[i])."""
         metadata = _decoded(row.get("metadata") or {}, "metadata")
         if not isinstance(metadata, dict):
             raise ProblemError("metadata: expected an object")
@@ -165,7 +167,8 @@ class Problem:
         source, fn_name = next(((k, v) for k, v in sources if v), ("fn_name", None))
         if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
             raise ProblemError(f"{source}: not a Python identifier: {fn_name!r}")
-        tests = (_taco_tests if isinstance(tests_raw, dict) else _lcb_tests)(tests_raw, fn_name)
+        tests = _taco_tests(tests_raw, fn_name) if isinstance(tests_raw, dict) else \
+            _lcb_tests(tests_raw, fn_name, labels)
         if not tests:
             raise ProblemError("tests: empty")
         starter = row.get("starter_code") or ""
@@ -242,13 +245,13 @@ def _decoded(value: Any, name: str, loads=loads_json) -> Any:
         raise ProblemError(f"{name}: undecodable JSON ({e})") from None
 
 
-def _lcb_tests(raw: Any, fn_name: str | None) -> list[Test]:
+def _lcb_tests(raw: Any, fn_name: str | None, labels: list[str] | None = None) -> list[Test]:
     if not isinstance(raw, list):
         raise ProblemError("tests: expected a list or an object with inputs/outputs, "
                            f"got {type(raw).__name__}")
     tests = []
     for i, t in enumerate(raw):
-        where = f"tests[{i}]"
+        where = labels[i] if labels else f"tests[{i}]"
         if not isinstance(t, dict):
             raise ProblemError(f"{where}: expected an object with input/output")
         for key in ("input", "output"):

@@ -10,6 +10,7 @@ Tests are always built by `sandbox.Problem`; nothing here parses a test.
 from __future__ import annotations
 
 import codecs
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -156,7 +157,10 @@ def _lcb(row: dict, default_id: str, where: str) -> ProblemRecord:
 def _taco(row: dict, default_id: str, where: str) -> ProblemRecord:
     starter = _text(row, "starter_code", where, required=False)
     # TACO's time_limit / memory_limit are prose ("1 second"): the experiment's limits apply.
-    problem = Problem.from_dict({"tests": row["input_output"], "starter_code": starter})
+    try:
+        problem = Problem.from_dict({"tests": row["input_output"], "starter_code": starter})
+    except ProblemError as e:  # named as the row names it
+        raise ProblemError(re.sub(r"^tests\b", "input_output", str(e))) from None
     return ProblemRecord(
         id=_id(row, default_id, where), source="taco", question=_text(row, "question", where),
         starter_code=starter or _stub(problem), problem=problem, difficulty=_label(row, "difficulty", where),
@@ -213,6 +217,8 @@ def _rllm_shapes(fields: dict) -> dict:
     if not (isinstance(raw, list) and raw and all(isinstance(t, dict) for t in raw)):
         return fields
     if raw[0].get("type") == "function_call":
+        if not raw[0].get("fn_name"):
+            raise ProblemError("tests[0].fn_name: missing in a function_call test")
         return {**fields, "tests": {"fn_name": raw[0].get("fn_name"),
                                     "inputs": [t.get("input") for t in raw],
                                     "outputs": [t.get("output") for t in raw]}}

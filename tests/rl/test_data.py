@@ -149,6 +149,25 @@ def test_rows_that_cannot_be_used(tmp_path):
             load_problems(tmp_path / name, strict=True)
 
 
+def test_errors_name_the_published_field(tmp_path):
+    import base64
+    import pickle
+    import zlib
+    private = base64.b64encode(zlib.compress(pickle.dumps(json.dumps([{"input": "2\n", "output": 2}])))).decode()
+    rows = [{"question_content": "q", "question_id": "lcb1", "metadata": "{}", "private_test_cases": private,
+             "public_test_cases": json.dumps([{"input": "1\n", "output": "1\n", "testtype": "stdin"}])},
+            {"question": "q", "input_output": json.dumps({"inputs": ["1\n"]})},
+            {"problem": "q", "tests": json.dumps([{"type": "function_call", "input": [1], "output": [2]}])}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(RuntimeWarning):
+        _, report = load_problems(path)
+    assert [e.split(": ", 1)[1] for e in report.errors] == [
+        "private_test_cases[0].output: expected a string",  # was tests[1]: public and private counted together
+        "input_output.outputs: expected a list",  # TACO's field, not the sandbox's
+        "tests[0].fn_name: missing in a function_call test"]  # was tests.inputs[0]: expected a string
+
+
 def test_files_that_cannot_be_read_always_raise(tmp_path):
     (tmp_path / "bad.json").write_text("[{")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
