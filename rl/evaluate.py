@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from rl.cli import HelpFormatter
 from rl.hugepages import reexec_with_huge_pages
 
 DEFAULT_CONCURRENCY = 256
@@ -46,7 +47,7 @@ _positive_int, _positive_float, _non_negative_float = _number(int, 0, True), _nu
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rl.evaluate", description=__doc__.split("\n\n")[0],
                                 epilog="Compare two results: python -m rl.evaluate compare A B --help",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", type=Path, help="Hugging Face model folder to serve here")
     where.add_argument("--server", nargs="+", metavar="URL", help="running SGLang servers or one router URL")

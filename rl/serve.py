@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from rl.cli import HelpFormatter
 from rl.hugepages import reexec_with_huge_pages
 
 ENGINES = ("embedded", "sglang")
@@ -26,7 +27,7 @@ def _port(text: str) -> int:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m rl.serve", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                formatter_class=HelpFormatter,
                                 epilog="--engine sglang takes its own options: "
                                        "python -m rl.serve --engine sglang --help")
     p.add_argument("--engine", choices=ENGINES, default="embedded",

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rl.cli import HelpFormatter
+
 INSTALL_HINT = "install it with `pip install 'coderl[sglang]'` on a GPU machine"
 
 
@@ -107,7 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rl.serve --engine sglang", description=__doc__.split("\n\n")[0],
                                 epilog="Example: python -m rl.serve --engine sglang --model ckpt/step_100 --tp 2 "
                                        "--servers 4 --context-length 81920 --dry-run",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--engine", choices=["sglang"], default="sglang", help=argparse.SUPPRESS)
     p.add_argument("--model", required=True, help="Hugging Face model folder (config.json, safetensors, tokenizer)")
     p.add_argument("--host", default="127.0.0.1")

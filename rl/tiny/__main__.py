@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rl.cli import HelpFormatter
 from rl.tiny.build import BuildSettings, build
 from rl.tiny.tasks import ASSETS, HELDOUT_FILE, TRAIN_FILE, make_splits, write_jsonl
 
@@ -18,7 +19,7 @@ def parse_args(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     defaults = BuildSettings()
     b = sub.add_parser("build", help="tokenizer + tiny Qwen3 + supervised warm start -> a Hugging Face folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     b.add_argument("--out", type=Path, required=True, help="model folder to write")
     b.add_argument("--seed", type=int, default=0, help="seeds the weights and the minibatch order")
     b.add_argument("--train", type=Path, default=TRAIN_FILE, help="training problems (.jsonl)")
@@ -27,7 +28,7 @@ def parse_args(argv=None):
     b.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
     b.add_argument("--layers", type=int, default=defaults.layers)
     g = sub.add_parser("problems", help="regenerate the shipped train / held-out problem files",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     g.add_argument("--out", type=Path, default=ASSETS, help="folder for train.jsonl and heldout.jsonl")
     g.add_argument("--seed", type=int, default=0, help="seeds the split and the tests")
     args = p.parse_args(argv)

@@ -12,6 +12,7 @@ from rl.rollout.embedded import EmbeddedServer, ServerStartError
 def test_help_and_sglang_delegation(tiny_model_dir):
     help_ = subprocess.run([sys.executable, "-m", "rl.serve", "--help"], capture_output=True, text=True, timeout=60)
     assert help_.returncode == 0 and "--max-running-requests" in help_.stdout
+    assert "(default: None)" not in help_.stdout  # the help says what leaving it out means
     dry = subprocess.run([sys.executable, "-m", "rl.serve", "--engine", "sglang", "--model", str(tiny_model_dir),
                           "--dry-run"], capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0 and "sglang.launch_server" in dry.stdout, dry.stderr

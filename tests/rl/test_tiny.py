@@ -106,3 +106,12 @@ def test_cli_regenerates_the_shipped_files_and_refuses_bad_arguments(tmp_path, s
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
     assert main(["build", "--out", str(tmp_path / "m"), "--train", str(tmp_path / "bad.jsonl")]) == 2
     assert "bad.jsonl:1: missing ['solution', 'tests']" in capsys.readouterr().err
+
+
+def test_help_shows_no_none_defaults(capsys):
+    """A required option's "(default: None)" read as if it were optional."""
+    from rl.tiny.__main__ import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["build", "--help"])
+    out = capsys.readouterr().out
+    assert "--out OUT" in out and "(default: None)" not in out and "(default: 0)" in out
