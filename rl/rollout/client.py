@@ -68,6 +68,7 @@ class _Server:
     url: str
     inflight: int = 0  # requests assigned and not answered: the least loaded server gets the next one
     down_until: float = 0.0  # monotonic time before which a failed server is avoided
+    failures: int = 0  # consecutive failed requests: how long it is avoided grows with them
 
 
 class RolloutClient:
@@ -242,6 +243,7 @@ class RolloutClient:
                 start = time.perf_counter()
                 try:
                     answers = await self._post_generate(server, body, rid, params.get("n", 1))
+                    server.failures = 0
                     return answers, server.url, time.perf_counter() - start, failures + 1
                 except _Retryable as e:
                     failures += 1
@@ -254,7 +256,8 @@ class RolloutClient:
                 raise RolloutError(f"{request.label}: gave up after {failures} failed attempts; last on "
                                    f"{server.url}: {error}") from error
             delay = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
-            server.down_until = time.monotonic() + delay
+            server.failures += 1  # a dead server stays avoided by every sample, not just this one
+            server.down_until = time.monotonic() + min(self.max_backoff, self.backoff * 2 ** (server.failures - 1))
             avoid = server
             log.info("%s: %s failed (%s); retrying in %.1fs", request.label, server.url, error, delay)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: restarted servers are not stampeded
