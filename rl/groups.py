@@ -17,7 +17,9 @@ from rl import reward
 from rl.reward import Reward, RewardSettings
 from rl.rollout.client import RolloutClient
 from rl.rollout.records import Sample, SampleRequest
-from sandbox import SandboxPool
+from sandbox import SandboxPool, Verdict
+
+SANDBOX_ERROR = Verdict.SANDBOX_ERROR.value
 
 
 @dataclasses.dataclass
@@ -81,7 +83,8 @@ async def collect(draw: Callable[[int], list[int]], sample: Callable[[int, int],
 
     draw(k) gives the next k problem indices; sample(problem, index) samples and grades one completion
     (index counts every completion drawn in this call, so its seed is unique). Rollouts older than
-    min_version are dropped (staleness bound); so are groups without signal when `dynamic`.
+    min_version are dropped (staleness bound); so are groups with a sandbox_error (a -1 the program did
+    not earn) and, when `dynamic`, groups without signal.
     """
     start = time.perf_counter()
     kept: list[list[Rollout]] = []
@@ -111,6 +114,8 @@ async def collect(draw: Callable[[int], list[int]], sample: Callable[[int, int],
             group.sort(key=lambda r: r.sample.index)
             if any(r.version < min_version for r in group):
                 drops["stale"] += 1
+            elif any(r.score.verdict == SANDBOX_ERROR for r in group):  # the grader failed, not the program
+                drops["sandbox_error"] += 1
             elif dynamic and len({r.reward for r in group}) == 1:
                 drops["all_pass" if group[0].passed else "all_fail"] += 1
             elif len(kept) < groups_needed:
@@ -135,6 +140,7 @@ def summarize(rollouts: Sequence[Rollout]) -> dict:
         "reward/mean": sum(r.reward for r in rollouts) / n,
         "reward/pass_rate": sum(r.passed for r in rollouts) / n,
         "reward/format_failure_rate": sum(r.score.format_error for r in rollouts) / n,
+        "reward/sandbox_error_rate": sum(r.score.verdict == SANDBOX_ERROR for r in rollouts) / n,
         "length/mean": sum(lengths) / n,
         "length/max": max(lengths),
         "length/truncated_frac": sum(r.truncated for r in rollouts) / n,

@@ -65,6 +65,9 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
         (run_dir / "data.json").write_text(json.dumps({"train": train.report, "eval": held_out.report}, indent=1))
         say(f"problems: {len(train.prompts)} train, {len(held_out.prompts)} held out "
             f"(dropped: {_dropped(train.report)}); details in {run_dir / 'data.json'}")
+        if exp.rollout.max_staleness >= 1 and exp.objective.tis_cap is None and exp.batch.mini_batches == 1:
+            say(f"note: rollout.max_staleness={exp.rollout.max_staleness} without objective.tis_cap: the ratio is "
+                "taken against the current policy, not the one that sampled, so nothing corrects for staleness")
 
         stream = ProblemStream(len(train.prompts), seed=exp.seed)
         if extra is not None:
@@ -207,7 +210,8 @@ def _batch(exp: Experiment, trainer: Trainer, collected: groups.Collected, versi
     samples += [packing.Sample([0], [], [], 0.0, False)] * (exp.batch.prompts_per_step * n - len(samples))
     staleness = [version - r.version for r in rollouts]
     return trainer.pack(samples), {"staleness/mean": float(np.mean(staleness)), "staleness/max": max(staleness),
-                                   "perf/train_tokens": sum(len(s.prompt) + len(s.response) for s in samples)}
+                                   "perf/train_tokens": sum(len(r.sample.prompt_ids) + len(r.sample.output_ids)
+                                                            for r in rollouts)}
 
 
 def _follow(exp: Experiment, run_dir: Path) -> None:

@@ -91,6 +91,7 @@ class _Static:
     chunk_size: int
     compute_entropy: bool
     compiler_options: tuple  # sorted (XLA option, value) pairs
+    rollout_logprobs: bool = True  # rollout.logprobs: use the servers' logprobs (TIS, mismatch metrics)
 
     @functools.cached_property
     def shardings(self):
@@ -146,7 +147,7 @@ def _micro_loss(static: _Static, params, mb, old, reference, normalizers):
     hyper = {k: getattr(obj, k) for k in ("eps_low", "eps_high") if getattr(obj, k) is not None}
     loss, metrics = policy_loss(
         obj.name, logp_NT, old_logp_NT, mb.advantages, mb.mask, kl_coef=obj.kl_coef, ref_logp=ref_logp_NT,
-        rollout_logp=mb.rollout_logp, tis_cap=obj.tis_cap, entropy=entropy_NT,
+        rollout_logp=mb.rollout_logp if static.rollout_logprobs else None, tis_cap=obj.tis_cap, entropy=entropy_NT,
         **_overlong(obj, mb.truncated), **normalizers, **hyper)
     metrics["sequences"] = mb.mask.any(axis=-1).sum()
     return loss, metrics
@@ -190,9 +191,16 @@ def _update_fn(static: _Static, state: TrainState, batch: packing.Batch, referen
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         grads, metrics = jax.lax.scan(micro_step, jax.lax.with_sharding_constraint(zeros, param_sh), (mb_all, old_all))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=opt_state[1].hyperparams["learning_rate"])
+
+        def step(params, opt_state):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+        # A mini-batch without a token (groups missing after the refill cap) takes no step: AdamW's
+        # momentum and weight decay would still move the weights, and warmup would advance.
+        active = normalizers["token_normalizer"] > 0
+        params, opt_state = jax.lax.cond(active, step, lambda p, o: (p, o), params, opt_state)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=opt_state[1].hyperparams["learning_rate"],
+                       active=active)
         return (params, opt_state), metrics
 
     (params, opt_state), metrics = jax.lax.scan(mini_step, (state.params, state.opt_state), (batch, old))
@@ -217,7 +225,7 @@ class Trainer:
         (e.g. GPU scheduler flags; the tests lower xla_backend_optimization_level to compile faster)."""
         self.exp, self.cfg, self.mesh = exp, cfg, mesh
         self._static = _Static(exp.objective, exp.optimizer, cfg, mesh, chunk_size, compute_entropy,
-                               tuple(sorted((compiler_options or {}).items())))
+                               tuple(sorted((compiler_options or {}).items())), exp.rollout.logprobs)
         self.optimizer = make_optimizer(exp.optimizer)
         self.state_shardings, self._abstract, self.batch_shardings = self._static.shardings
         self.param_shardings = self.state_shardings.params
@@ -329,6 +337,8 @@ def _combine_metrics(m: dict) -> dict:
     out.update({k: m[k].max() for k in MAX_METRICS if k in m})
     out["overlong_frac"] = (m["overlong_frac"] * sequences).sum() / jnp.maximum(sequences.sum(), 1)
     out["tokens"], out["sequences"] = m["tokens"].sum(), m["sequences"].sum()
-    out["loss"] = m["loss"].sum(axis=1).mean()
-    out["grad_norm"], out["lr"] = m["grad_norm"].mean(), m["lr"][-1]
+    active = m["active"].astype(jnp.float32)  # [mini]: the mini-batches that took a step
+    steps = jnp.maximum(active.sum(), 1)
+    out["loss"] = (m["loss"].sum(axis=1) * active).sum() / steps
+    out["grad_norm"], out["lr"] = (m["grad_norm"] * active).sum() / steps, m["lr"][-1]
     return out

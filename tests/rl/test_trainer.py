@@ -103,6 +103,30 @@ def test_mini_batches_recompute_old_logprobs():
     assert first["entropy"] == pytest.approx(single_step["entropy"], rel=1e-5)
 
 
+def test_a_mini_batch_without_tokens_takes_no_optimizer_step():
+    """Groups missing after the refill cap are empty rows at the end: with two mini-batches the second
+    was all padding, and its AdamW step still moved the weights (momentum, weight decay) and halved
+    the logged loss."""
+    mesh = single_device_mesh()
+    real = samples(8)
+    empty = [packing.Sample([0], [], [], 0.0, False)] * 8
+    two = make_trainer(experiment(OBJECTIVES["dapo"], mini_batches=2), mesh)
+    state, metrics = two.update(two.init_state(initial_params()), two.pack(real + empty))
+    one = make_trainer(experiment(OBJECTIVES["dapo"]), mesh)
+    expected_state, expected = one.update(one.init_state(initial_params()), one.pack(real))
+    assert_trees_close(state.params, expected_state.params, rtol=1e-5, atol=1e-6)
+    assert int(state.opt_state[1].count) == 1
+    for k in ("loss", "grad_norm", "tokens"):
+        np.testing.assert_allclose(metrics[k], expected[k], rtol=1e-5, err_msg=k)
+
+
+def test_rollout_logprobs_off_leaves_them_out():
+    trainer = make_trainer(experiment(ObjectiveSection(name="dapo")).replace(rollout=dict(logprobs=False)),
+                           single_device_mesh())
+    _, metrics = trainer.update(trainer.init_state(initial_params()), trainer.pack(samples()))
+    assert "mismatch_mean" not in metrics and "approx_kl" in metrics
+
+
 def test_pack_rejects_bad_samples():
     good = samples(4)
     bad = [packing.Sample(s.prompt, s.response, s.logprobs[:-1], s.advantage) if i == 2 else s
