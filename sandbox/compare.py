@@ -97,6 +97,7 @@ def stdout_matches(got: str, want: str, tolerance: float | None = None) -> bool 
 # must not reach the grader.
 
 _NUMPY_KINDS = "biufcU"  # bool, int, uint, float, complex, unicode: rebuilt as real numpy arrays
+_DTYPE_TEXT = re.compile(r"[<>=|]?[biufcU]\d{1,9}")
 
 
 def _encode(v, depth: int):
@@ -250,7 +251,8 @@ def _check_padded_strings(data) -> None:
 
 
 def _numpy_dtype(np, text):
-    if not isinstance(text, str) or len(text) > 16:
+    # dtype.str's form only: np.dtype of an alias such as "a" warns in the grading process
+    if not isinstance(text, str) or not _DTYPE_TEXT.fullmatch(text):
         raise DecodeError("bad dtype")
     dtype = np.dtype(text)
     if dtype.kind not in _NUMPY_KINDS:

@@ -107,7 +107,7 @@ def _grade_exact(worker, problem: Problem, opts: Options, time_limit: float, mem
     run = worker.recv(deadline)
     if run.get("done") or not worker.recv(ZYGOTE_GRACE).get("done"):
         raise WorkerCrashed("the zygote broke the exact mode's protocol")
-    records = parse_records(run["status"]) if run["ready"] else []
+    records = parse_records(run["status"], n) if run["ready"] else []
     results = []
     for i, test in enumerate(problem.tests):
         if i < len(records):
@@ -116,6 +116,8 @@ def _grade_exact(worker, problem: Problem, opts: Options, time_limit: float, mem
             verdict = Verdict.SANDBOX_ERROR
         elif run["timed_out"]:
             verdict = Verdict.TIME_LIMIT
+        elif run["status_size"] >= opts.output_cap:  # the records were cut at the cap, as judge counts it
+            verdict = Verdict.OUTPUT_LIMIT
         else:
             verdict = Verdict.RUNTIME_ERROR
         stderr = run["stderr"].decode("utf-8", "replace")[-1000:]
@@ -148,18 +150,22 @@ def judge_record(record: dict, test: Test, call_based: bool, opts: Options) -> V
 _RECORD_TYPES = {"out": str, "typed": str, "lcb": int}
 
 
-def parse_records(raw: bytes) -> list[dict]:
-    """The lcb_exact child's records, one JSON object a line, up to the first mangled one (the
-    program can write its fd 3 too: only known keys and types, each line checked as cheaply
-    as parse_status checks a status)."""
-    records = []
-    for line in raw.split(b"\n"):
-        if not line:
-            break
-        record = parse_status(line, _RECORD_TYPES)
+def parse_records(raw: bytes, limit: int) -> list[dict]:
+    """The lcb_exact child's first `limit` records (one per test), one JSON object a line, up to
+    the first mangled one. The program can write its fd 3 too: only known keys and types count,
+    each line checked as cheaply as parse_status checks a status, and lines past `limit` are never
+    read (a flood of millions of tiny records cost the grader a minute and 2 GB)."""
+    records, start = [], 0
+    while len(records) < limit:
+        end = raw.find(b"\n", start)
+        line = raw[start:] if end < 0 else raw[start:end]
+        record = parse_status(line, _RECORD_TYPES) if line else None
         if not record:
             break
         records.append(record)
+        if end < 0:
+            break
+        start = end + 1
     return records
 
 

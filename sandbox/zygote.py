@@ -26,6 +26,7 @@ import time
 import traceback
 import types
 import warnings
+import weakref
 
 from . import ipc, rootfs, seccomp_filter
 from . import lcb_exact as lcb_exact_mode
@@ -157,6 +158,9 @@ class Zygote:
         self.compiling = mmap.mmap(-1, 1)  # shared with the forks
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         atexit._clear()  # children run atexit handlers of the solution only
+        # weakref.finalize registered its atexit hook in this process, and _clear dropped it: let a
+        # solution's finalize register it again, or its callbacks never run at exit.
+        weakref.finalize._registered_with_atexit = False
         gc.freeze()  # children then do not touch (and copy) the pre-imported objects' pages
 
     def serve(self) -> None:
