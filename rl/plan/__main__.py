@@ -25,6 +25,8 @@ import os
 import re
 import sys
 
+from rl.plan.topology import MAX_CPU_DEVICES
+
 SEARCH_DOUBLINGS = 4
 
 
@@ -56,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.topology = args.topology or ["v5p-8"]
     if not 0 < args.mfu <= 1:
         p.error(f"--mfu {args.mfu}: must be in (0, 1]")
+    for name in ("hbm", "peak", "layers"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            p.error(f"--{name} {value}: must be > 0")
     return args
 
 
@@ -63,7 +69,8 @@ def _prepare_jax(topologies: list[str]) -> None:
     """Before jax starts: the CPU platform (this only compiles; TPU targets come from libtpu's
     compile-only devices), and enough simulated CPU devices for the largest cpu:N the search reaches."""
     os.environ["JAX_PLATFORMS"] = "cpu"
-    counts = [int(m[1]) for t in topologies if (m := re.fullmatch(r"\s*(?:cpu|gpu):(\d+)\s*", t))]
+    counts = [int(m[1]) for t in topologies if (m := re.fullmatch(r"\s*(?:cpu|gpu):(\d+)\s*", t, re.ASCII))]
+    counts = [n for n in counts if 1 <= n <= MAX_CPU_DEVICES]  # others are refused with a message
     flags = os.environ.get("XLA_FLAGS", "")
     if counts and "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={max(counts) << SEARCH_DOUBLINGS}"
@@ -72,7 +79,7 @@ def _prepare_jax(topologies: list[str]) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     _prepare_jax(args.topology)
-    from rl.experiment import ExperimentError, load
+    from rl.experiment import ExperimentError, load, validate
     from rl.plan import report, topology
     from rl.plan.compile import model_config
     from rl.plan.search import plan, search, temporaries_slope
@@ -87,6 +94,16 @@ def main(argv=None) -> int:
     for t in topos:
         if not t.estimate and topology.libtpu_missing():
             print(f"rl.plan: {t.name}: {topology.libtpu_missing()}", file=sys.stderr)
+            return 2
+        try:
+            for exp, source in loaded:  # the mesh against the slice's devices
+                validate(exp, source, devices=t.chips)
+            topology.devices(t)
+        except ExperimentError as e:
+            print("\n".join(f"rl.plan: {t.name}: {line}" for line in e.errors), file=sys.stderr)
+            return 2
+        except RuntimeError as e:  # libtpu refusing the shape (JaxRuntimeError), too few CPU devices
+            print(f"rl.plan: {t.name}: {str(e).splitlines()[0]}", file=sys.stderr)
             return 2
 
     out, summary = [], []

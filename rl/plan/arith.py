@@ -89,7 +89,8 @@ def activation_bytes_per_token(cfg: ModelConfig, remat: str) -> int:
 
 
 def fixed_temporaries(cfg: ModelConfig, devices: int, tensor: int = 1, chunk: int = 512) -> dict[str, float]:
-    """Temporaries that do not grow with tokens, per device: the float32 gradient accumulator and one
+    """`devices`: those the weights shard over (fsdp x tensor; the data axis holds copies).
+    Temporaries that do not grow with tokens, per device: the float32 gradient accumulator and one
     micro-batch's gradients (sharded), AdamW's new moments and update (the mini-batch scan's carry is
     not updated in place: only the jit's outputs alias its inputs), a compute-dtype copy of the layer
     weight shards (docs/scale.md), one layer's weights gathered in

@@ -81,7 +81,7 @@ def plan(exp, cfg, topo: Topology, *, compile: bool = True, logprobs: bool = Tru
     lp = compile_logprobs(tr, shape) if compile and logprobs and not update.error else None
     state = tr.abstract_state()
     batch_dev = arith.per_device_bytes(_with_shardings(abstract_batch(shape), tr.batch_shardings))
-    fixed = sum(arith.fixed_temporaries(cfg, topo.chips, mesh["tensor"]).values())
+    fixed = sum(arith.fixed_temporaries(cfg, mesh["fsdp"] * mesh["tensor"], mesh["tensor"]).values())
     flops = arith.step_flops(cfg, shape.token_slots, shape.row_len, cfg.remat, old_logprobs=shape.mini > 1,
                              reference=exp.objective.kl_coef > 0)
     return Plan(exp.name, topo, exp.batch.micro_batches, cfg.remat, mesh, shape, update, lp,
@@ -133,6 +133,8 @@ def candidates(exp, topo: Topology, max_doublings: int):
     yield exp, topo
     for micro in micro_batch_ladder(exp, topo.chips // exp.mesh.tensor):  # rows split over data x fsdp
         yield exp.replace(batch=dict(micro_batches=micro)), topo
+    if -1 not in (exp.mesh.data, exp.mesh.fsdp, exp.mesh.tensor):  # a mesh written for this slice only
+        exp = exp.replace(mesh=dict(fsdp=-1))
     for _ in range(max_doublings):
         topo = bigger(topo)
         yield _one_row_per_device(exp, topo), topo

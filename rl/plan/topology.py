@@ -18,6 +18,7 @@ import os
 import re
 
 GB, GIB = 10**9, 2**30
+MAX_CPU_DEVICES = 256  # cpu:N simulates N (and the search up to 16 N) devices in this process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,8 @@ def slice_shape(kind: str, chips: int) -> str:
     """The usual slice shape of `chips` chips (a power of two): doubling the last of the smallest axes,
     so v5p grows 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4 and v6e 2x2, 2x4, 4x4, 4x8."""
     if chips < 1 or chips & (chips - 1):
-        raise ValueError(f"{kind}: {chips} chips is not a power of two; give the shape, e.g. {kind}:2x2x1")
+        example = "2x2x1" if CHIPS[kind].dims == 3 else "2x4"
+        raise ValueError(f"{kind}: {chips} chips is not a power of two; give the shape, e.g. {kind}:{example}")
     sizes, have = ([2, 2, 1], 4) if CHIPS[kind].dims == 3 and chips >= 4 else ([1] * CHIPS[kind].dims, 1)
     while have < chips:
         smallest = min(sizes)
@@ -79,21 +81,30 @@ def slice_shape(kind: str, chips: int) -> str:
 def parse(spec: str, *, hbm_gb: float | None = None, peak_tflops: float | None = None) -> Topology:
     """"v5p-8", "v6e-8", "v5p:2x2x1", "v6e:2x4" or "cpu:8"; hbm_gb / peak_tflops override the chip's."""
     spec = spec.strip()
-    m_cloud = re.fullmatch(r"(v5p|v6e)-(\d+)", spec)
-    m_shape = re.fullmatch(r"(v5p|v6e):(\d+(?:x\d+)+)", spec)
-    m_cpu = re.fullmatch(r"(?:cpu|gpu):(\d+)", spec)
+    m_cloud = re.fullmatch(r"(v5p|v6e)-(\d+)", spec, re.ASCII)
+    m_shape = re.fullmatch(r"(v5p|v6e):(\d+(?:x\d+)+)", spec, re.ASCII)
+    m_cpu = re.fullmatch(r"(?:cpu|gpu):(\d+)", spec, re.ASCII)
     if m_cloud:
         kind, count = m_cloud[1], int(m_cloud[2])
         per = CHIPS[kind].cores_per_chip
         if count % per:
             raise ValueError(f"topology {spec}: {kind} names count TensorCores, {per} per chip; {count} is not a multiple")
         chips = count // per
+        if kind == "v5p" and chips < 4:
+            raise ValueError(f"topology {spec}: the smallest v5p slice is v5p-8 (4 chips, v5p:2x2x1)")
         shape = slice_shape(kind, chips)
     elif m_shape:
         kind, shape = m_shape[1], m_shape[2]
-        chips = math.prod(int(d) for d in shape.split("x"))
+        sizes = [int(d) for d in shape.split("x")]
+        if len(sizes) != CHIPS[kind].dims or min(sizes) < 1:
+            example = "2x2x1" if CHIPS[kind].dims == 3 else "2x4"
+            raise ValueError(f"topology {spec}: a {kind} shape has {CHIPS[kind].dims} sizes of at least 1, "
+                             f"e.g. {kind}:{example}")
+        chips = math.prod(sizes)
     elif m_cpu:
         kind, chips, shape = "gpu", int(m_cpu[1]), ""
+        if not 1 <= chips <= MAX_CPU_DEVICES:
+            raise ValueError(f"topology {spec}: cpu:N takes 1 to {MAX_CPU_DEVICES} devices")
     else:
         raise ValueError(f"unknown topology {spec!r}: expected v5p-N, v6e-N (Cloud TPU names), "
                          f"v5p:AxBxC / v6e:AxB (libtpu shapes) or cpu:N (N GPUs estimated on CPU)")

@@ -45,9 +45,14 @@ def test_cpu_topology_is_an_estimate_with_the_given_memory():
     assert topology.bigger(t).chips == 16 and "CPU-backend estimate" in t.label
 
 
-@pytest.mark.parametrize("bad", ["v5p-7", "tpu-8", "cpu:x", "v6e-12"])
-def test_bad_topology_names_say_what_is_expected(bad):
-    with pytest.raises(ValueError, match="v5p|power of two|TensorCores"):
+@pytest.mark.parametrize("bad, message", [
+    ("v5p-7", "TensorCores"), ("tpu-8", "unknown topology"), ("cpu:x", "unknown topology"), ("v6e-12", "v6e:2x4"),
+    # each was a traceback from JAX or libtpu, or (cpu:99999999) a process killed for memory
+    ("cpu:0", "1 to 256"), ("cpu:99999999", "1 to 256"), ("v5p:0x2x2", "3 sizes of at least 1"),
+    ("v5p:2x2x1x1", "3 sizes"), ("v6e:2x2x2", "2 sizes"), ("v5p-2", "smallest v5p slice"),
+    ("v5p-\uff18", "unknown topology"), ("cpu:\u0668", "unknown topology")])  # non-ASCII digits
+def test_bad_topology_names_say_what_is_expected(bad, message):
+    with pytest.raises(ValueError, match=message):
         topology.parse(bad)
 
 
@@ -133,3 +138,7 @@ def test_command_prints_the_table_and_writes_markdown(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "rl.plan", "tiny_dapo", "--topology", "v9-8"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "unknown topology 'v9-8'" in bad.stderr
+    mesh = subprocess.run([sys.executable, "-m", "rl.plan", "tiny_dapo", "--topology", "cpu:4", "--set",
+                           f"model.path={model}", "--set", "mesh.tensor=3"], capture_output=True, text=True, timeout=120)
+    assert mesh.returncode == 2 and "rl.plan: cpu:4: " in mesh.stderr and "does not fit 4 devices" in mesh.stderr
+    assert "Traceback" not in mesh.stderr
