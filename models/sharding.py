@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 from models.config import ModelConfig
-from models.weights import full_axes, full_shape, map_weights
+from models.weights import full_axes, full_shape, map_weights, weight_table
 
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_TO_MESH = {
@@ -43,20 +43,37 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
     return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
 
 
+def _mesh_group(name, mesh) -> tuple[tuple[str, ...], int]:
+    """The mesh axes (those larger than 1) logical axis `name` splits over, and their product."""
+    mesh_axes = LOGICAL_TO_MESH[name]
+    group = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
+    group = tuple(a for a in group if mesh.shape[a] > 1)
+    return group, int(np.prod([mesh.shape[a] for a in group])) if group else 1
+
+
 def spec_for(axes: tuple, shape: tuple[int, ...], mesh: Mesh | AbstractMesh) -> P:
     """PartitionSpec for logical `axes`; a dimension the mesh axis does not divide stays replicated."""
     parts = []
     for name, size in zip(axes, shape):
-        mesh_axes = LOGICAL_TO_MESH[name]
-        group = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
-        group = tuple(a for a in group if mesh.shape[a] > 1)
-        n = int(np.prod([mesh.shape[a] for a in group])) if group else 1
+        group, n = _mesh_group(name, mesh)
         parts.append(None if not group or size % n else (group[0] if len(group) == 1 else group))
     return P(*parts)
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
     return map_weights(cfg, lambda w: NamedSharding(mesh, spec_for(full_axes(w), full_shape(w, cfg), mesh)))
+
+
+def unsplit_weights(cfg: ModelConfig, mesh: Mesh | AbstractMesh) -> list[str]:
+    """The weights a mesh axis should split but does not divide ("q: embed 5120 over fsdp=3"): every
+    device on that axis then holds them whole, which at 14B is an out-of-memory with no other sign."""
+    found = []
+    for w in weight_table(cfg):
+        for name, size in zip(full_axes(w), full_shape(w, cfg)):
+            group, n = _mesh_group(name, mesh)
+            if group and size % n and name != "kv_heads":  # fewer kv heads than tensor: copies by design
+                found.append(f"{'.'.join(w.path)}: {name} {size} over {'x'.join(group)}={n}")
+    return found
 
 
 def params_mesh(params) -> AbstractMesh | None:

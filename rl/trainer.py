@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import models
 from models.logprobs import DEFAULT_CHUNK
+from models.sharding import unsplit_weights
 from models.weights import abstract_params
 from rl import distributed, packing
 from rl.losses import loss_normalizers, policy_loss
@@ -224,6 +226,11 @@ class Trainer:
         little extra work in the logprob pass); compiler_options: XLA options for the update's compile
         (e.g. GPU scheduler flags; the tests lower xla_backend_optimization_level to compile faster)."""
         self.exp, self.cfg, self.mesh = exp, cfg, mesh
+        unsplit = unsplit_weights(cfg, mesh)
+        if unsplit:
+            warnings.warn(f"mesh {dict(mesh.shape)} does not divide these weights, so every device on that axis "
+                          f"holds them whole: {'; '.join(unsplit[:6])}{' ...' if len(unsplit) > 6 else ''} "
+                          "(choose mesh sizes that divide the model's dimensions)", RuntimeWarning, stacklevel=2)
         self._static = _Static(exp.objective, exp.optimizer, cfg, mesh, chunk_size, compute_entropy,
                                tuple(sorted((compiler_options or {}).items())), exp.rollout.logprobs)
         self.optimizer = make_optimizer(exp.optimizer)

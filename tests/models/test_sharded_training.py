@@ -5,7 +5,7 @@ import numpy as np
 import optax
 
 import models
-from models.sharding import batch_sharding
+from models.sharding import batch_sharding, unsplit_weights
 from models.weights import abstract_params
 
 
@@ -50,3 +50,18 @@ def test_sharded_training_step_matches_single_device():
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     assert not np.allclose(np.asarray(p1["layers"]["gate"]), np.asarray(params["layers"]["gate"]))
+
+
+def test_weights_a_mesh_axis_cannot_split_are_named():
+    """fsdp=3 or 24 does not divide hidden 5120: every 14B weight stayed whole on every device, silently."""
+    from jax.sharding import AbstractMesh
+    qwen3_14b = models.ModelConfig(arch="qwen3", vocab_size=151936, hidden_size=5120, intermediate_size=17408,
+                                   num_layers=40, num_heads=40, num_kv_heads=8, head_dim=128)
+
+    def mesh(data, fsdp, tensor):
+        return AbstractMesh((data, fsdp, tensor), ("data", "fsdp", "tensor"))
+    assert unsplit_weights(qwen3_14b, mesh(1, 8, 1)) == [] == unsplit_weights(qwen3_14b, mesh(2, 4, 8))
+    assert "layers.q: embed 5120 over fsdp=3" in unsplit_weights(qwen3_14b, mesh(1, 3, 1))
+    # 40 heads over tensor=16: q and o whole; 8 kv heads over 16 are copies by design, not named
+    assert unsplit_weights(qwen3_14b, mesh(1, 1, 16)) == ["layers.q: heads 40 over tensor=16",
+                                                          "layers.o: heads 40 over tensor=16"]
