@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 import models
 from models.weights import abstract_params
@@ -105,16 +106,21 @@ class Checkpointer:
         return TrainState(out["params"], t["opt_state"], t["step"], t["rng"]), dict(extra)
 
     def _set_aside(self, steps: list[int]) -> None:
+        """Process 0 moves them (every process renaming one shared folder raced: all but one failed);
+        the others wait for it before they re-read the directory."""
         if not steps:
             return
-        aside = self.directory.with_name(self.directory.name + ".unreadable")
-        aside.mkdir(exist_ok=True)
-        for s in steps:
-            target = aside / str(s)
-            while target.exists():
-                target = target.with_name(target.name + "_")
-            (self.directory / str(s)).rename(target)
-            warnings.warn(f"moved unreadable checkpoint {self.directory / str(s)} to {target}", stacklevel=3)
+        if jax.process_index() == 0:
+            aside = self.directory.with_name(self.directory.name + ".unreadable")
+            aside.mkdir(exist_ok=True)
+            for s in steps:
+                target = aside / str(s)
+                while target.exists():
+                    target = target.with_name(target.name + "_")
+                (self.directory / str(s)).rename(target)
+                warnings.warn(f"moved unreadable checkpoint {self.directory / str(s)} to {target}", stacklevel=3)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"coderl set aside {self.directory}")
         self._manager.reload()
 
     def wait(self) -> None:

@@ -62,6 +62,17 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
+def agree(errors: list[str]) -> list[str]:
+    """This process's start-up errors, or, when only another process failed, one line saying so: every
+    process then stops (a collective, each calls it once)."""
+    if jax.process_count() == 1:
+        return errors
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(bool(errors))))
+    if errors or not failed.any():
+        return errors
+    return [f"process {int(np.argmax(failed))} failed its start-up checks (its output says why)"]
+
+
 def broadcast(message: dict | None = None, arrays: dict[str, np.ndarray] | None = None
               ) -> tuple[dict, dict[str, np.ndarray]]:
     """Process 0's JSON-able `message` and host `arrays` on every process (the others pass nothing).

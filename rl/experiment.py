@@ -577,9 +577,11 @@ def _stages_or_empty(r: RolloutSection) -> list[tuple[int, int]]:
         return []
 
 
-def check_resources(exp: Experiment, source: Source | str = "<experiment>") -> ModelConfig:
-    """Run-time checks of what the files on disk say: the model folder, the problem files, the
-    context length. Returns the resolved ModelConfig."""
+def check_resources(exp: Experiment, source: Source | str = "<experiment>", *, data_files: bool = True
+                    ) -> ModelConfig:
+    """Run-time checks of what the files on disk say: the model folder, the problem files (unless not
+    `data_files`: only process 0 of a multi-host run reads them), the context length. Returns the
+    resolved ModelConfig."""
     source = source if isinstance(source, Source) else Source(label=source)
     errors = []
     try:
@@ -588,7 +590,7 @@ def check_resources(exp: Experiment, source: Source | str = "<experiment>") -> M
         raise ExperimentError(f"{source.where('model.path')}: {e}") from None
     if not exp.data.train:
         errors.append(f"{source.where('data.train')}: data.train: no training problem files")
-    for key in ("data.train", "data.eval"):
+    for key in ("data.train", "data.eval") if data_files else ():
         for path in exp.get(key):
             if not Path(path).exists():
                 errors.append(f"{source.where(key)}: {key}: no such file {path!r}")

@@ -97,14 +97,24 @@ def main(argv: list[str] | None = None) -> int:
                 validate(exp, source, devices=jax.device_count())
             print(exp.to_json(), end="")
             return 0
+    except ExperimentError as e:
+        for line in e.errors:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    errors = []
+    try:
         import jax
         validate(exp, source, devices=jax.device_count())
-        check_resources(exp, source)
+        check_resources(exp, source, data_files=distributed.is_main())
         run_dir = args.run_dir or Path("runs") / exp.name
         if distributed.is_main():
             save_config(exp, run_dir)
     except ExperimentError as e:
-        for line in e.errors:
+        errors = e.errors
+    # Every process goes on, or none does: one left alone would wait in a collective until a timeout.
+    errors = distributed.agree(errors)
+    if errors:
+        for line in errors:
             print(f"error: {line}", file=sys.stderr)
         return 2
     from rl import loop

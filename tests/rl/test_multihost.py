@@ -55,6 +55,29 @@ def _update_and_checkpoint(out: Path) -> None:
              devices=np.array([jax.process_count(), jax.device_count(), jax.local_device_count()]))
 
 
+def _resume_past_an_unreadable_checkpoint(out: Path) -> None:
+    """Checkpoints 1 and 2 saved collectively, step 2's `extra` then damaged (as on a shared filesystem,
+    every process sees it): every process must restore step 1. Each writes out/restored_I.json."""
+    from jax.experimental import multihost_utils
+    trainer = make_trainer(experiment(), models.make_mesh(1, -1, 1))
+    ckpt = Checkpointer(out / "checkpoints", keep=3)
+    state = trainer.init_state(initial_params())
+    with distributed.Lockstep(trainer, ckpt, out / "export") as lock:
+        if distributed.is_main():
+            lock.save(state, EXTRA, step=1)
+            lock.save(state, EXTRA, step=2)
+        else:
+            lock.follow(state)
+    ckpt.wait()
+    if distributed.is_main():
+        (out / "checkpoints" / "2" / "extra" / "metadata").write_text("[1, 2")
+    multihost_utils.sync_global_devices("damaged")
+    with pytest.warns(UserWarning):
+        _, extra = ckpt.restore(trainer.abstract_state())
+    ckpt.close()
+    (out / f"restored_{jax.process_index()}.json").write_text(json.dumps(extra))
+
+
 def _flat(tree):
     return [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_leaves_with_path(tree)]
 
@@ -65,9 +88,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str], processes: int = 2, devices: int = 4, timeout: float = 300) -> list[str]:
+def _launch(args: list[str], processes: int = 2, devices: int = 4, timeout: float = 300,
+            check: bool = True) -> list[str]:
     """Run `python ARGS` as `processes` jax.distributed processes of `devices` CPU devices each; their
-    outputs. Fails with every process's output when one fails."""
+    outputs. Fails with every process's output when one fails (`check`), else returns them with each
+    exit status appended as "exit N"."""
     env_base = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
                 "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": str(processes),
                 "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "rl")])}
@@ -81,6 +106,8 @@ def _launch(args: list[str], processes: int = 2, devices: int = 4, timeout: floa
     finally:
         for p in procs:
             p.kill()
+    if not check:
+        return [f"{o}\nexit {p.returncode}" for p, o in zip(procs, outputs)]
     if any(p.returncode for p in procs):
         logs = "\n".join(f"--- process {i} (exit {p.returncode}) ---\n{o[-6000:]}"
                          for i, (p, o) in enumerate(zip(procs, outputs)))
@@ -152,6 +179,33 @@ def test_process_0_alone_exports_the_gathered_params(two_by_four):
         np.testing.assert_array_equal(np.asarray(x), run[f"state.params{k}"], err_msg=k)
 
 
+@pytest.mark.slow
+def test_every_process_resumes_past_an_unreadable_checkpoint(tmp_path):
+    """Every process used to move the unreadable folder aside: all but one rename failed, and that
+    process died."""
+    _launch([__file__, str(tmp_path), "resume"])
+    assert [json.loads((tmp_path / f"restored_{i}.json").read_text()) for i in (0, 1)] == [EXTRA, EXTRA]
+    assert [p.name for p in (tmp_path / "checkpoints.unreadable").iterdir()] == ["2"]
+
+
+def test_a_start_up_check_failing_on_process_0_stops_every_process(tmp_path):
+    """Process 0 alone reads the run directory's config.json: when it refused it, process 1 went on into
+    the run's collectives and waited there until a timeout."""
+    model = tmp_path / "model"  # a config.json is all the start-up checks read of the model folder
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(dict(
+        architectures=["Qwen3ForCausalLM"], vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, rope_theta=1e6, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, max_position_embeddings=4096)))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"name": "tiny_dapo", "seed": 5}))
+    outputs = _launch(["-m", "rl.train", "tiny_dapo", "--run-dir", str(run_dir), "--set", f"model.path={model}"],
+                      timeout=120, check=False)
+    assert "holds a different config" in outputs[0] and outputs[0].endswith("exit 2")
+    assert "process 0 failed its start-up checks" in outputs[1] and outputs[1].endswith("exit 2")
+
+
 @pytest.fixture(scope="module")
 def tiny_rl(tmp_path_factory):
     """A briefly warm-started tiny model, 4 held-out problems and one embedded server the runs share."""
@@ -207,4 +261,7 @@ def test_rl_train_on_two_processes_equals_one(tiny_rl, tmp_path):
 
 if __name__ == "__main__":
     distributed.initialize()  # from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
-    _update_and_checkpoint(Path(sys.argv[1]))
+    if sys.argv[2:] == ["resume"]:
+        _resume_past_an_unreadable_checkpoint(Path(sys.argv[1]))
+    else:
+        _update_and_checkpoint(Path(sys.argv[1]))
