@@ -59,7 +59,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
         if best_of is not None and best_of != body.get("n", 1):
             raise RequestError("best_of", "only best_of == n is supported")
         top = _top(body.get("logprobs"), "logprobs", TOP_LOGPROBS_MAX)
-        s = _sampling(body, state)
+        s = _sampling(body, state, default_max_tokens=16)  # OpenAI's completions default
         return await _respond(state, request, body, prompts, s, top, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -87,20 +87,19 @@ def add_openai_routes(app: FastAPI, state) -> None:
         top = _top(body.get("top_logprobs"), "top_logprobs", TOP_LOGPROBS_MAX) if wants else None
         if body.get("max_completion_tokens") is not None and body.get("max_tokens") is None:
             body = {**body, "max_tokens": body["max_completion_tokens"]}
-        s = _sampling(body, state)
+        s = _sampling(body, state, default_max_tokens=None)  # as SGLang: up to the context length
         return await _respond(state, request, body, [list(ids)], s, top, chat=True)
 
     async def _respond(state, request, body, prompts, s: Sampling, top, chat: bool):
-        for ids in prompts:
-            check_length(ids, s, "messages" if chat else "prompt", state.limits)
+        per_prompt = [check_length(ids, s, "messages" if chat else "prompt", state.limits) for ids in prompts]
         if s.stop_strings and state.tokenizer is None:
             raise RequestError("stop", "stop strings need the model folder's tokenizer")
         tok = state.tokenizer
         rid = body.get("rid") or secrets.token_hex(12)
-        requests = [Request(ids, s.params, rid=rid, sample_index=j, stop_strings=s.stop_strings,
+        requests = [Request(ids, p.params, rid=rid, sample_index=j, stop_strings=s.stop_strings,
                             text_of=_text_with_specials(tok),
                             top_logprobs=top or 0)
-                    for ids in prompts for j in range(s.n)]
+                    for ids, p in zip(prompts, per_prompt) for j in range(s.n)]
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise RequestError("stream", "must be true or false")
@@ -157,8 +156,9 @@ def _object(body: Any) -> dict:
     return body
 
 
-def _sampling(body: dict, state) -> Sampling:
-    return sampling_from(body, "", state.limits, max_new_key="max_tokens", max_new_default=16, seed_key="seed")
+def _sampling(body: dict, state, default_max_tokens: int | None) -> Sampling:
+    return sampling_from(body, "", state.limits, max_new_key="max_tokens", max_new_default=default_max_tokens,
+                         seed_key="seed")
 
 
 def _top(x, field: str, high: int) -> int | None:

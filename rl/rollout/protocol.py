@@ -152,9 +152,11 @@ SAMPLING_NEUTRAL = {"min_new_tokens": 0, "frequency_penalty": 0.0, "presence_pen
 
 
 def sampling_from(d: dict, field: str, limits: ModelLimits, *, max_new_key: str = "max_new_tokens",
-                  max_new_default: int = DEFAULT_MAX_NEW_TOKENS, seed_key: str = "sampling_seed") -> Sampling:
-    """Read SGLang sampling params from d (field: the prefix used in error messages)."""
-    max_new = _int(d, max_new_key, field + max_new_key, max_new_default, 0)
+                  max_new_default: int | None = DEFAULT_MAX_NEW_TOKENS, seed_key: str = "sampling_seed") -> Sampling:
+    """Read SGLang sampling params from d (field: the prefix used in error messages). A null max_new
+    (and max_new_default None when it is absent) means: up to the context length (check_length sets it)."""
+    max_new = None if max_new_key in d and d[max_new_key] is None else \
+        _int(d, max_new_key, field + max_new_key, max_new_default, 0)
     temperature = _number(d, "temperature", field + "temperature", 1.0, 0.0)
     top_p = _number(d, "top_p", field + "top_p", 1.0, 0.0, 1.0, low_open=True)
     top_k = _int(d, "top_k", field + "top_k", -1)
@@ -180,12 +182,18 @@ def sampling_from(d: dict, field: str, limits: ModelLimits, *, max_new_key: str 
         no_stop_trim=_bool(d, "no_stop_trim", field + "no_stop_trim", False), seeded=seed is not None)
 
 
-def check_length(prompt: list[int], s: Sampling, field: str, limits: ModelLimits) -> None:
+def check_length(prompt: list[int], s: Sampling, field: str, limits: ModelLimits) -> Sampling:
+    """s for this prompt: refused when prompt + max_new_tokens exceed the context, and a max_new_tokens
+    of None (SGLang's null) set to what the context leaves."""
     if len(prompt) >= limits.context_length:
         raise RequestError(field, f"{len(prompt)} prompt tokens: the context length is {limits.context_length}")
+    if s.params.max_new_tokens is None:
+        params = dataclasses.replace(s.params, max_new_tokens=limits.context_length - len(prompt))
+        return dataclasses.replace(s, params=params)
     if len(prompt) + s.params.max_new_tokens > limits.context_length:
         raise RequestError("max_new_tokens", f"{len(prompt)} prompt tokens + {s.params.max_new_tokens} new tokens "
                                              f"exceed the context length of {limits.context_length}")
+    return s
 
 
 # ---- /generate ----------------------------------------------------------------------------------------
@@ -276,8 +284,7 @@ def parse_generate(body: Any, limits: ModelLimits, tokenizer) -> GenerateCall:
             raise RequestError(prefix.rstrip("."), "must be an object")
         refuse_unsupported(sp, SAMPLING_NEUTRAL, prefix)
         refuse_unknown(sp, SAMPLING_KEYS | set(SAMPLING_NEUTRAL), prefix)
-        s = sampling_from(sp, prefix, limits)
-        check_length(ids, s, "input_ids", limits)
+        s = check_length(ids, sampling_from(sp, prefix, limits), "input_ids", limits)
         rid = rids[i]
         wrap = {"v": ret_lp[i]}
         return_logprob = _bool(wrap, "v", "return_logprob", False)

@@ -102,6 +102,21 @@ def test_draws_follow_the_filtered_distribution(top_k, top_p):
     assert chisquare(counts[keep], expected).pvalue > 1e-3
 
 
+def test_the_cdf_gives_filtered_tokens_zero_width():
+    """A float32 cumsum over 152K tokens is not monotone on CPU: zero-probability (filtered) tokens got
+    a share of the inverse-CDF draws. The draw counts CDF values <= u, so a monotone CDF that is flat
+    at every zero-probability token never lands on one."""
+    from models.sampler import _cdf
+    rng = np.random.default_rng(0)
+    probs = rng.random((2, 151_936)).astype(np.float32)
+    probs[:, ::2] = 0.0
+    probs /= probs.sum(-1, keepdims=True)
+    cdf = np.asarray(jax.jit(_cdf)(probs))
+    assert (np.diff(cdf, axis=-1) >= 0).all()
+    assert (cdf[:, 2::2] == cdf[:, 1:-1:2]).all() and (cdf[:, 0] == 0).all()
+    np.testing.assert_allclose(cdf[:, -1], 1.0, rtol=1e-4)
+
+
 def test_stop_token_ends_the_row(hf_model):
     cfg, params, _ = _load(hf_model)
     prompts = _prompts()

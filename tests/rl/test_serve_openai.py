@@ -64,6 +64,23 @@ def test_chat_uses_the_template_with_logprobs_n_and_streaming(served, client):
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_without_a_token_limit_chat_and_null_max_new_tokens_run_to_the_context(served, client):
+    """SGLang leaves max_new_tokens None (up to the context) for a chat request without max_tokens and
+    for an explicit null; the server gave 16 and 128 tokens."""
+    context = served.cfg.max_position_embeddings
+    ids = [7] * (context - 6)
+    out = served.generate({"input_ids": ids, "sampling_params": {"max_new_tokens": None, "ignore_eos": True}})
+    assert out["meta_info"]["completion_tokens"] == 6 and out["meta_info"]["finish_reason"]["type"] == "length"
+    words = " ".join(["add"] * context)
+    n = len(served.tokenizer.apply_chat_template([{"role": "user", "content": words}], tokenize=True,
+                                                 add_generation_prompt=True)["input_ids"])
+    cut = words[:len(words) * (context - 40) // n]  # about 40 tokens short of the context
+    r = served.post("/v1/chat/completions", {"messages": [{"role": "user", "content": cut}], "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == context and usage["completion_tokens"] > 16
+
+
 def test_streamed_chunks_carry_logprobs_and_usage(served, client):
     kwargs = dict(model="tiny", max_tokens=5, temperature=0.0, extra_body={"ignore_eos": True})
     whole = client.completions.create(prompt=PROMPT, logprobs=2, **kwargs).choices[0].logprobs
