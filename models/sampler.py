@@ -216,15 +216,19 @@ def _filter(scaled_BV, top_k_B, top_p_B, min_p_B):
     """Mask (to -inf) all but the top_k tokens that also lie in the top_p nucleus and have at least
     min_p times the top probability.
 
-    As SGLang: a token stays in the nucleus when the probability of the tokens above it is <= top_p.
+    As SGLang: a token stays in the nucleus when the probability of the tokens above it is <= top_p,
+    and tokens are kept by rank (ties in the lower index first), so top_k=1 is greedy even when
+    logits tie.
     """
     V = scaled_BV.shape[-1]
-    sorted_BV = -jnp.sort(-scaled_BV, axis=-1)
+    order_BV = jnp.argsort(-scaled_BV, axis=-1, stable=True)
+    sorted_BV = jnp.take_along_axis(scaled_BV, order_BV, axis=-1)
     probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
     above_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
     n_p_B = jnp.where(top_p_B < 1.0, jnp.sum(above_BV <= top_p_B[:, None], axis=-1), V)
     n_k_B = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, V), V)
     n_min_p_B = jnp.sum(probs_BV >= min_p_B[:, None] * probs_BV[:, :1], axis=-1)  # min_p <= 0 keeps all
     keep_B = jnp.maximum(jnp.minimum(jnp.minimum(n_p_B, n_k_B), n_min_p_B), 1)
-    threshold_B1 = jnp.take_along_axis(sorted_BV, keep_B[:, None] - 1, axis=1)
-    return jnp.where(scaled_BV >= threshold_B1, scaled_BV, -jnp.inf)
+    rows_B1 = jnp.arange(scaled_BV.shape[0])[:, None]
+    kept_BV = jnp.zeros(scaled_BV.shape, bool).at[rows_B1, order_BV].set(jnp.arange(V)[None, :] < keep_B[:, None])
+    return jnp.where(kept_BV, scaled_BV, -jnp.inf)

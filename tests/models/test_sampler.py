@@ -117,6 +117,15 @@ def test_the_cdf_gives_filtered_tokens_zero_width():
     np.testing.assert_allclose(cdf[:, -1], 1.0, rtol=1e-4)
 
 
+def test_filters_keep_tokens_by_rank_when_logits_tie():
+    """Filtering by value kept every token tied at the cut: top_k=1 over [1, 1, 1, 0] drew three tokens."""
+    from models.sampler import _filter
+    logits = np.array([[1.0, 1.0, 1.0, 0.0], np.log([0.4, 0.3, 0.3, 1e-12])], np.float32)
+    kept = np.isfinite(np.asarray(_filter(logits, np.array([1, -1]), np.array([1.0, 0.5], np.float32),
+                                          np.zeros(2, np.float32))))
+    assert kept.tolist() == [[True, False, False, False], [True, True, False, False]]
+
+
 def test_stop_token_ends_the_row(hf_model):
     cfg, params, _ = _load(hf_model)
     prompts = _prompts()
