@@ -727,11 +727,11 @@ def _import_experiment(path: Path) -> types.ModuleType:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in the file would end the command silently
         raise ExperimentError(_import_error(path, e)) from None
 
 
-def _import_error(path: Path, e: Exception) -> str:
+def _import_error(path: Path, e: BaseException) -> str:
     """"file:line: Error: message" and the line's code, at the innermost frame in an experiment file."""
     frames = [f for f in traceback.extract_tb(e.__traceback__)
               if Path(f.filename).resolve() == path or Path(f.filename).resolve().parent == EXPERIMENTS_DIR]

@@ -256,6 +256,7 @@ def test_errors_inside_an_experiment_file_name_its_line(tmp_path):
         "x = 1\nEXPERIMENT = tiny_dapo.EXPERIMENT.replace(seed=1 / 0)\n": (4, "ZeroDivisionError: division by zero"),
         "EXPERIMENT = tiny_dapo.EXPERIMENT.replace(\n": (3, "SyntaxError"),
         "EXPERIMENT = tiny_dapo.EXPERIMENT.replace(objective='gspo')\n": (3, "objective: expected a dict"),
+        "import sys\nsys.exit(3)\n": (4, "SystemExit: 3"),
     }
     for body, (line, fragment) in cases.items():
         path = _write(tmp_path, body)
