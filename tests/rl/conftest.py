@@ -11,6 +11,18 @@ def float64():
         yield
 
 
+@pytest.fixture
+def config_only_model(tmp_path):
+    """A model folder holding only a tiny Qwen3 config.json: all that start-up checks and rl.plan read."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(dict(
+        architectures=["Qwen3ForCausalLM"], vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, rope_theta=1e6, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, max_position_embeddings=4096)))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A random-init tiny Qwen3 HF folder (config, safetensors, BPE tokenizer with Qwen's chat template),

@@ -188,15 +188,10 @@ def test_every_process_resumes_past_an_unreadable_checkpoint(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints.unreadable").iterdir()] == ["2"]
 
 
-def test_a_start_up_check_failing_on_process_0_stops_every_process(tmp_path):
+def test_a_start_up_check_failing_on_process_0_stops_every_process(tmp_path, config_only_model):
     """Process 0 alone reads the run directory's config.json: when it refused it, process 1 went on into
     the run's collectives and waited there until a timeout."""
-    model = tmp_path / "model"  # a config.json is all the start-up checks read of the model folder
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(dict(
-        architectures=["Qwen3ForCausalLM"], vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, rope_theta=1e6, rms_norm_eps=1e-6,
-        tie_word_embeddings=True, max_position_embeddings=4096)))
+    model = config_only_model
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps({"name": "tiny_dapo", "seed": 5}))

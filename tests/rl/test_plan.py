@@ -118,15 +118,10 @@ def test_tpu_memory_responds_to_micro_batches_and_remat():
 
 
 # ---- the command -------------------------------------------------------------------------------
-def test_command_prints_the_table_and_writes_markdown(tmp_path):
+def test_command_prints_the_table_and_writes_markdown(tmp_path, config_only_model):
     """`python -m rl.plan` end to end in a fresh process (it sets the JAX platform and device count
     before jax starts): a fitting tiny plan on a CPU mesh, and a clear refusal of a bad topology."""
-    model = tmp_path / "model"  # a config.json is all a plan reads of the model folder
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(dict(
-        architectures=["Qwen3ForCausalLM"], vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, rope_theta=1e6, rms_norm_eps=1e-6,
-        tie_word_embeddings=True, max_position_embeddings=4096)))
+    model = config_only_model
     out = tmp_path / "plan.md"
     run = subprocess.run([sys.executable, "-m", "rl.plan", "tiny_dapo", "--topology", "cpu:4", "--set",
                           f"model.path={model}", "--no-search", "--no-logprobs", "--markdown", str(out)],
