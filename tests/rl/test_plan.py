@@ -1,6 +1,5 @@
 """rl.plan: topology names, the abstract batch against a real pack, the arithmetic against a real init
 and a compiled CPU mesh, and TPU compiles whose memory responds to micro-batches and remat."""
-import json
 import math
 import subprocess
 import sys
