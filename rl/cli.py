@@ -3,8 +3,9 @@ import argparse
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except None: a required option has none, and an optional one's help
-    says what leaving it out means ("(default: the config's length)"), which "(default: None)" contradicted."""
+    """Shows each option's default, except None (a required option has none, and an optional one's help
+    says what leaving it out means, which "(default: None)" contradicted) and a flag's."""
 
     def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
+        # A flag's default (store_true / store_false) is its absence: "(default: True)" on --no-x read backwards.
+        return action.help if action.default is None or action.nargs == 0 else super()._get_help_string(action)

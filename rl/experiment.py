@@ -98,7 +98,7 @@ class RolloutSection:
     max_staleness: int = 0              # 0: on-policy; 1: one-step-off
     logprobs: bool = True               # keep the servers' token logprobs (TIS, mismatch metrics)
     dynamic_sampling: bool = True       # DAPO: drop all-equal groups and refill
-    max_refill_rounds: int = 10
+    max_refill_rounds: int = 10         # sampling rounds per step, the first draw included (verl's max_num_gen_batches)
     eval_temperature: float = 0.6
     eval_top_p: float = 0.95
     eval_n: int = 4                     # samples per held-out problem
@@ -142,7 +142,7 @@ class OptimizerSection:
 @dataclass(frozen=True)
 class ScheduleSection:
     steps: int = 100
-    eval_every: int = 10                # 0: never
+    eval_every: int = 10                # 0: only before RL (step 0) and at the end
     checkpoint_every: int = 10          # 0: only at the end
     keep_checkpoints: int = 3
     init_from: str = ""                 # params only: a run directory's checkpoint or an HF folder
@@ -554,7 +554,8 @@ def validate(exp: Experiment, source: Source | str = "<experiment>", *, devices:
     check("optimizer.clip_norm", opt.clip_norm > 0, f"must be > 0, got {opt.clip_norm}")
 
     check("schedule.steps", sch.steps >= 1, f"must be >= 1, got {sch.steps}")
-    check("schedule.eval_every", sch.eval_every >= 0, f"must be >= 0 (0: never), got {sch.eval_every}")
+    check("schedule.eval_every", sch.eval_every >= 0,
+          f"must be >= 0 (0: only before RL and at the end), got {sch.eval_every}")
     check("schedule.checkpoint_every", sch.checkpoint_every >= 0,
           f"must be >= 0 (0: only at the end), got {sch.checkpoint_every}")
     check("schedule.keep_checkpoints", sch.keep_checkpoints >= 1, f"must be >= 1, got {sch.keep_checkpoints}")

@@ -165,12 +165,12 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
             if not one_step_off and step < exp.schedule.steps:
                 pending = collect(step, version)
             row["weight_version"] = version
-            if held_out.prompts and (step % exp.schedule.eval_every == 0 or step == exp.schedule.steps):
+            if held_out.prompts and (_every(step, exp.schedule.eval_every) or step == exp.schedule.steps):
                 row.update(await held_out_eval(step))
                 if best.get("pass@1") is None or row["eval/pass@1"] > best["pass@1"]:
                     best = {"step": step, "pass@1": row["eval/pass@1"]}
                     _keep_best(run_dir, current, best)
-            if step % exp.schedule.checkpoint_every == 0 or step == exp.schedule.steps:
+            if _every(step, exp.schedule.checkpoint_every) or step == exp.schedule.steps:
                 lock.save(state, {"step": step, "data": position, "weight_version": version, "best": best},
                           step=step)
             row["time/step"] = time.perf_counter() - t_step
@@ -244,6 +244,11 @@ def _train_state(exp: Experiment, run_dir: Path):
 
 class RunDirBusy(RuntimeError):
     pass
+
+
+def _every(step: int, cadence: int) -> bool:
+    """Whether a `cadence`-step event (schedule.eval_every, checkpoint_every) falls on `step`; 0: never."""
+    return cadence > 0 and step % cadence == 0
 
 
 def _lock_run_dir(run_dir: Path):
