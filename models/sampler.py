@@ -196,20 +196,22 @@ def sample_tokens(logits_BV, keys_B, temperature_B, top_p_B, top_k_B, min_p_B, *
     return token_B, logp_BV
 
 
-def _cdf(probs_BV):
-    """Cumulative probabilities, monotone, flat at zero-probability tokens. A float32 cumsum alone is
-    neither (on CPU a parallel scan: filtered tokens got ~1e-5 of the draws at 152K tokens)."""
-    return jax.lax.cummax(jnp.where(probs_BV > 0, jnp.cumsum(probs_BV, axis=-1), 0.0), axis=probs_BV.ndim - 1)
-
-
 def _draw(keys_B, probs_BV):
     """One draw per row from probs_BV (rows need not sum to 1) by inverse CDF: the first token whose
     cumulative probability exceeds u ~ U[0, total). One uniform per row; Gumbel-max needs V of them,
     and threefry made that ~30-40 ms a step at 64 rows x 32K tokens on 2 CPU cores (5 ms this way).
-    A zero-probability token is never drawn: its CDF value is its predecessor's (`_cdf`)."""
-    cdf_BV = _cdf(probs_BV)
-    u_B = jax.vmap(jax.random.uniform)(keys_B) * cdf_BV[:, -1]
-    return jnp.minimum(jnp.sum(cdf_BV <= u_B[:, None], axis=-1), probs_BV.shape[-1] - 1).astype(jnp.int32)
+    A zero-probability token is never drawn (`inverse_cdf`)."""
+    return inverse_cdf(probs_BV, jax.vmap(jax.random.uniform)(keys_B))
+
+
+def inverse_cdf(probs_BV, u_B):
+    """The first token with probability > 0 whose cumulative probability exceeds u_B x the total, for
+    u_B in [0, 1). Only tokens with probability count: a float32 cumsum is not monotone (on CPU a
+    parallel scan), and counting CDF values <= u gave filtered tokens ~1e-5 of the draws at 152K."""
+    positive_BV = probs_BV > 0
+    cdf_BV = jnp.cumsum(probs_BV, axis=-1)
+    total_B = jnp.max(jnp.where(positive_BV, cdf_BV, 0.0), axis=-1)
+    return jnp.argmax(positive_BV & (cdf_BV > (u_B * total_B)[:, None]), axis=-1).astype(jnp.int32)
 
 
 def _filter(scaled_BV, top_k_B, top_p_B, min_p_B):
@@ -221,7 +223,7 @@ def _filter(scaled_BV, top_k_B, top_p_B, min_p_B):
     logits tie.
     """
     V = scaled_BV.shape[-1]
-    order_BV = jnp.argsort(-scaled_BV, axis=-1, stable=True)
+    order_BV = jnp.argsort(-scaled_BV, axis=-1, stable=True)  # ties: the lower index ranks first
     sorted_BV = jnp.take_along_axis(scaled_BV, order_BV, axis=-1)
     probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
     above_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
@@ -229,6 +231,9 @@ def _filter(scaled_BV, top_k_B, top_p_B, min_p_B):
     n_k_B = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, V), V)
     n_min_p_B = jnp.sum(probs_BV >= min_p_B[:, None] * probs_BV[:, :1], axis=-1)  # min_p <= 0 keeps all
     keep_B = jnp.maximum(jnp.minimum(jnp.minimum(n_p_B, n_k_B), n_min_p_B), 1)
-    rows_B1 = jnp.arange(scaled_BV.shape[0])[:, None]
-    kept_BV = jnp.zeros(scaled_BV.shape, bool).at[rows_B1, order_BV].set(jnp.arange(V)[None, :] < keep_B[:, None])
+    # The first keep_B by rank: everything above the last kept value, and of the tokens tied with it
+    # those up to its index (no scatter of the ranks back to token order).
+    last_B1 = keep_B[:, None] - 1
+    cut_B1, cut_index_B1 = (jnp.take_along_axis(a, last_B1, axis=1) for a in (sorted_BV, order_BV))
+    kept_BV = (scaled_BV > cut_B1) | ((scaled_BV == cut_B1) & (jnp.arange(V)[None, :] <= cut_index_B1))
     return jnp.where(kept_BV, scaled_BV, -jnp.inf)

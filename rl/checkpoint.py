@@ -107,10 +107,9 @@ class Checkpointer:
 
     def _set_aside(self, steps: list[int]) -> None:
         """Process 0 moves them (every process renaming one shared folder raced: all but one failed);
-        the others wait for it before they re-read the directory."""
-        if not steps:
-            return
-        if jax.process_index() == 0:
+        the others wait for it before they re-read the directory. Every process calls this once per
+        restore, whatever it found unreadable itself (a shard is read by its own process only)."""
+        if jax.process_index() == 0 and steps:
             aside = self.directory.with_name(self.directory.name + ".unreadable")
             aside.mkdir(exist_ok=True)
             for s in steps:
@@ -121,7 +120,8 @@ class Checkpointer:
                 warnings.warn(f"moved unreadable checkpoint {self.directory / str(s)} to {target}", stacklevel=3)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"coderl set aside {self.directory}")
-        self._manager.reload()
+        if steps or jax.process_count() > 1:
+            self._manager.reload()
 
     def wait(self) -> None:
         """Block until the pending asynchronous save is on disk."""

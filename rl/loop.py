@@ -65,9 +65,10 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
         (run_dir / "data.json").write_text(json.dumps({"train": train.report, "eval": held_out.report}, indent=1))
         say(f"problems: {len(train.prompts)} train, {len(held_out.prompts)} held out "
             f"(dropped: {_dropped(train.report)}); details in {run_dir / 'data.json'}")
-        if exp.rollout.max_staleness >= 1 and exp.objective.tis_cap is None and exp.batch.mini_batches == 1:
+        if exp.rollout.max_staleness >= 1 and exp.objective.tis_cap is None:
             say(f"note: rollout.max_staleness={exp.rollout.max_staleness} without objective.tis_cap: the ratio is "
-                "taken against the current policy, not the one that sampled, so nothing corrects for staleness")
+                "taken against the weights before the update, not the ones that sampled, so nothing corrects "
+                "for staleness")
 
         stream = ProblemStream(len(train.prompts), seed=exp.seed)
         if extra is not None:

@@ -88,27 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    import jax
+    errors = []
     try:
         exp, source = load(args.experiment, args.overrides)
         mesh = exp.mesh
         if args.dry_run:
             if -1 not in (mesh.data, mesh.fsdp, mesh.tensor):  # a fully given mesh must fit this machine
-                import jax
                 validate(exp, source, devices=jax.device_count())
-            print(exp.to_json(), end="")
-            return 0
-    except ExperimentError as e:
-        for line in e.errors:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    errors = []
-    try:
-        import jax
-        validate(exp, source, devices=jax.device_count())
-        check_resources(exp, source, data_files=distributed.is_main())
-        run_dir = args.run_dir or Path("runs") / exp.name
-        if distributed.is_main():
-            save_config(exp, run_dir)
+        else:
+            validate(exp, source, devices=jax.device_count())
+            check_resources(exp, source, data_files=distributed.is_main())
+            run_dir = args.run_dir or Path("runs") / exp.name
+            if distributed.is_main():
+                save_config(exp, run_dir)
     except ExperimentError as e:
         errors = e.errors
     # Every process goes on, or none does: one left alone would wait in a collective until a timeout.
@@ -117,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in errors:
             print(f"error: {line}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print(exp.to_json(), end="")
+        return 0
     from rl import loop
     try:
         summary = loop.run(exp, run_dir)

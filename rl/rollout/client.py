@@ -257,7 +257,7 @@ class RolloutClient:
                                    f"{server.url}: {error}") from error
             delay = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
             server.failures += 1  # a dead server stays avoided by every sample, not just this one
-            server.down_until = time.monotonic() + min(self.max_backoff, self.backoff * 2 ** (server.failures - 1))
+            server.down_until = time.monotonic() + min(self.max_backoff, self.backoff * 2 ** min(server.failures - 1, 30))
             avoid = server
             log.info("%s: %s failed (%s); retrying in %.1fs", request.label, server.url, error, delay)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: restarted servers are not stampeded

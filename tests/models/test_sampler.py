@@ -1,5 +1,6 @@
 """models.sampler against transformers' greedy generate and against full-sequence forward logprobs."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -102,19 +103,26 @@ def test_draws_follow_the_filtered_distribution(top_k, top_p):
     assert chisquare(counts[keep], expected).pvalue > 1e-3
 
 
-def test_the_cdf_gives_filtered_tokens_zero_width():
-    """A float32 cumsum over 152K tokens is not monotone on CPU: zero-probability (filtered) tokens got
-    a share of the inverse-CDF draws. The draw counts CDF values <= u, so a monotone CDF that is flat
-    at every zero-probability token never lands on one."""
-    from models.sampler import _cdf
+def test_the_inverse_cdf_never_draws_a_filtered_token():
+    """A float32 cumsum over 152K tokens is not monotone on CPU: counting CDF values <= u gave
+    zero-probability (filtered) tokens a share of the draws. Swept over u, none is drawn, and the draws
+    still follow the probabilities."""
+    from models.sampler import inverse_cdf
     rng = np.random.default_rng(0)
-    probs = rng.random((2, 151_936)).astype(np.float32)
-    probs[:, ::2] = 0.0
-    probs /= probs.sum(-1, keepdims=True)
-    cdf = np.asarray(jax.jit(_cdf)(probs))
-    assert (np.diff(cdf, axis=-1) >= 0).all()
-    assert (cdf[:, 2::2] == cdf[:, 1:-1:2]).all() and (cdf[:, 0] == 0).all()
-    np.testing.assert_allclose(cdf[:, -1], 1.0, rtol=1e-4)
+    probs = rng.random(151_936).astype(np.float32)
+    probs[::2] = 0.0
+    probs /= probs.sum()
+    u = np.linspace(0, 1, 256, endpoint=False, dtype=np.float32)
+    drawn = np.asarray(jax.jit(inverse_cdf)(np.broadcast_to(probs, (len(u), len(probs))), u))
+    assert (drawn % 2 == 1).all() and (np.diff(drawn) >= 0).all()
+    halves = np.searchsorted(np.cumsum(probs), 0.5)  # the draws below u = 0.5 are the tokens below the median
+    assert abs(int((drawn <= halves).sum()) - 128) <= 1
+    # u aimed inside the steps the float32 cumsum takes at zero-probability tokens
+    cdf = np.asarray(jax.jit(jnp.cumsum)(probs))
+    steps = np.flatnonzero(cdf[2::2] != cdf[1:-1:2]) * 2 + 2
+    aimed = ((cdf[steps - 1] + cdf[steps]) / 2 / cdf[-1])[:64].astype(np.float32)
+    drawn = np.asarray(jax.jit(inverse_cdf)(np.broadcast_to(probs, (len(aimed), len(probs))), aimed))
+    assert (drawn % 2 == 1).all()
 
 
 def test_filters_keep_tokens_by_rank_when_logits_tie():

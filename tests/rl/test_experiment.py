@@ -293,8 +293,12 @@ def test_sections_built_whole_or_wrongly(tmp_path):
 
 
 def test_warmup_counts_optimizer_steps():
-    exp, _ = load("tiny_dapo", ["batch.mini_batches=2", "batch.micro_batches=1", "optimizer.warmup_steps=30"])
-    assert exp.optimizer.warmup_steps == 30 and exp.schedule.steps * exp.batch.mini_batches >= 30
+    """lr warmup follows Adam's step count, mini_batches per RL step: 30 of 20 x 2 was refused."""
+    with pytest.raises(ExperimentError, match=r"optimizer.warmup_steps: must be in \[0, .* = 20\]"):
+        load("tiny_dapo", ["schedule.steps=20", "batch.micro_batches=1", "optimizer.warmup_steps=30"])
+    exp, _ = load("tiny_dapo", ["schedule.steps=20", "batch.mini_batches=2", "batch.micro_batches=1",
+                                "optimizer.warmup_steps=30"])
+    assert exp.optimizer.warmup_steps == 30
 
 
 def test_a_file_outside_experiments_derives_from_one(tmp_path):
