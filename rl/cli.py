@@ -1,4 +1,4 @@
-"""The help formatter of coderl's commands."""
+"""What coderl's commands share: the help formatter and argument types."""
 import argparse
 
 
@@ -9,3 +9,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         # A flag's default (store_true / store_false) is its absence: "(default: True)" on --no-x read backwards.
         return action.help if action.default is None or action.nargs == 0 else super()._get_help_string(action)
+
+
+def window_arg(spec: str) -> str:
+    """argparse type of --window ("" = every problem): checked before a load of gigabytes, not after;
+    kept as text."""
+    from rl.data import parse_window  # lazily: --help stays fast
+
+    if spec:
+        try:
+            parse_window(spec)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return spec

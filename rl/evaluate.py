@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from rl.cli import HelpFormatter
+from rl.cli import HelpFormatter, window_arg
 from rl.hugepages import reexec_with_huge_pages
 
 DEFAULT_CONCURRENCY = 256
@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = p.add_argument_group("problems")
     data.add_argument("--problems", nargs="+", required=True, metavar="FILE",
                       help="problem files (.json, .jsonl, .parquet: LiveCodeBench, TACO, DeepCoder, sandbox rows)")
-    data.add_argument("--window", default="", help="contest dates START:END (ISO, inclusive) or lcb_v5 / lcb_v6 "
+    data.add_argument("--window", default="", type=window_arg, help="contest dates START:END (ISO, inclusive) or lcb_v5 / lcb_v6 "
                                                    "(default: every problem)")
     data.add_argument("--difficulty", nargs="+", default=(), metavar="D", help="keep only these difficulties")
     data.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep problems with the same text")
@@ -106,12 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--server needs --tokenizer DIR: prompts are sent as token ids of the served model's tokenizer")
     if not 0 < args.top_p <= 1 or args.temperature < 0:
         p.error("--top-p must be in (0, 1] and --temperature >= 0")
-    if args.window:
-        from rl.data import parse_window
-        try:
-            parse_window(args.window)  # before a load of gigabytes, not after
-        except ValueError as e:
-            p.error(f"--window: {e}")
     if args.lcb_exact and not lcb_exact_supported():
         p.error("--lcb-exact: this sandbox has no lcb_exact grading option (sandbox.grader.Options)")
     return args

@@ -5,9 +5,10 @@ import argparse
 import json
 import sys
 
+from rl.cli import window_arg
 from rl.experiment import DataSection
 
-from .filters import WINDOWS, parse_window
+from .filters import WINDOWS
 from .prepare import prepare, select
 from .prompts import STYLES, load_tokenizer, prompt_messages
 from .sources import DataError
@@ -20,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
                     ".json, .jsonl or .parquet), apply an experiment's data filters and print a "
                     "JSON report of what was kept and dropped. See docs/data.md.")
     parser.add_argument("files", nargs="+", metavar="FILE", help="problem files")
-    parser.add_argument("--window", default="", metavar="START:END",
+    parser.add_argument("--window", default="", type=window_arg, metavar="START:END",
                         help=f"contest dates YYYY-MM-DD:YYYY-MM-DD, inclusive, or one of "
                              f"{', '.join(sorted(WINDOWS))} (default: all)")
     parser.add_argument("--difficulty", action="append", default=[], metavar="D",
@@ -44,11 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.show < 0:
         parser.error(f"--show: expected K >= 0, got {args.show}")
-    if args.window:
-        try:
-            parse_window(args.window)  # before a load of gigabytes, not after
-        except ValueError as e:
-            parser.error(f"--window: {e}")
     progress = sys.stderr.isatty()
     try:
         data = DataSection(train=tuple(args.files), window=args.window,

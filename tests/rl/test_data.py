@@ -322,3 +322,6 @@ def test_command_line(tiny_model_dir, capsys):
     assert out["examples"][0]["messages"][0]["role"] == "system"
     assert main([str(DATA / "missing.jsonl")]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([str(DATA / "missing.jsonl"), "--window", "2025-02-30:"])
+    assert exit_.value.code == 2 and "--window" in (err := capsys.readouterr().err) and "2025-02-30" in err

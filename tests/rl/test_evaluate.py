@@ -256,7 +256,7 @@ def test_resume_refuses_a_results_file_that_is_not_an_object(tmp_path, results):
 
 
 @pytest.mark.parametrize("argv", [["compare", "a", "b", "--resamples", "0"], ["--temperature", "nan"],
-                                  ["--time-limit", "-1"], ["--memory-mb", "0"]])
+                                  ["--time-limit", "-1"], ["--memory-mb", "0"], ["--window", "2024-13-01:"]])
 def test_bad_numbers_are_refused_before_anything_starts(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv + ([] if argv[0] == "compare" else ["--model", "m", "--problems", "p"]))
