@@ -204,8 +204,6 @@ class RolloutClient:
             answers, server, latency, attempts = await self._generate(first, params, 0)
         finally:
             self._drawing.difference_update(r.identity for r in requests)
-        if len(answers) != len(requests):
-            raise RolloutError(f"{first.label}: {server} answered {len(answers)} completions for n={len(requests)}")
         samples, redraw = [], []
         for r, answer in zip(requests, answers):
             if finish_type(answer) == "abort":
@@ -289,8 +287,11 @@ class RolloutClient:
         try:
             answer = response.json()
             answers = answer if isinstance(answer, list) else [answer]
-            if len(answers) != n or not all(isinstance(a, dict) for a in answers):
+            if not all(isinstance(a, dict) for a in answers):
                 raise BadAnswer(f"expected {n} answer object(s), got {str(answer)[:200]}")
+            if len(answers) != n:  # whole JSON, not a cut answer: the next try would answer the same
+                raise _Rejected(f"{server.url}/generate answered {len(answers)} completion(s) for sampling n={n}: "
+                                f"it does not honour n; draw groups as n requests (use_n=False)")
             for a in answers:
                 if finish_type(a) != "abort":
                     output_tokens(a)  # NaN logprobs, missing triples: the next try may be sound

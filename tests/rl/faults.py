@@ -6,7 +6,8 @@ path:
 - "500": answer HTTP 500 without forwarding;
 - "stall": forward, then hold the (real) answer for `seconds` before sending it;
 - "drop": forward, then send the status line and half the body and close the connection;
-- "nan": forward, then answer with every output logprob replaced by NaN (a server with NaN weights).
+- "nan": forward, then answer with every output logprob replaced by NaN (a server with NaN weights);
+- "one": forward, then answer the first completion of a list alone (a server that ignores sampling n).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-FAULTS = ("500", "stall", "drop", "nan")
+FAULTS = ("500", "stall", "drop", "nan", "one")
 HOP_HEADERS = {b"host", b"content-length", b"connection", b"transfer-encoding", b"keep-alive"}
 
 
@@ -127,7 +128,7 @@ class FaultProxy:
             await send({"type": "http.response.body", "body": upstream.content[:len(upstream.content) // 2],
                         "more_body": True})
             raise DroppedConnection("injected fault")
-        content = _nan_logprobs(upstream.content) if fault == "nan" else upstream.content
+        content = {"nan": _nan_logprobs, "one": _first_only}.get(fault, bytes)(upstream.content)
         await _answer(send, upstream.status_code, content, answer_headers)
 
 
@@ -143,6 +144,11 @@ def _nan_logprobs(content: bytes) -> bytes:
         for triple in a["meta_info"].get("output_token_logprobs", []):
             triple[0] = float("nan")
     return json.dumps(answer).encode()  # NaN written as Python's json writes it
+
+
+def _first_only(content: bytes) -> bytes:
+    answer = json.loads(content)
+    return json.dumps(answer[0] if isinstance(answer, list) else answer).encode()
 
 
 def _rid(body: bytes) -> str | None:
