@@ -20,6 +20,8 @@ from tests.rl.serve_helpers import API_KEY, SLOTS
 
 SAMPLING = {"max_new_tokens": 8, "temperature": 1.0, "ignore_eos": True}
 LONG = {"max_new_tokens": 40, "temperature": 1.0, "ignore_eos": True}  # still running when a fault strikes
+# Still running when a kill or a sync lands from the client's side: 40 steps (~20 ms idle) is a race there.
+FAULT = {**LONG, "max_new_tokens": 1000}
 
 
 def client(urls, **options) -> RolloutClient:
@@ -172,6 +174,22 @@ def test_an_answer_with_nan_logprobs_is_retried(server, prompt):
     assert sum(s.attempts - 1 for s in samples) == 1
 
 
+def test_a_server_that_ignores_n_fails_the_group_at_once(server, prompt):
+    """One completion for n=3 is the server's answer, not a cut one: it was retried for minutes."""
+    with FaultProxy(server) as proxy:
+        proxy.inject("one")
+
+        async def run():
+            async with client(proxy.url, retries=5) as c:
+                start = time.monotonic()
+                with pytest.raises(RolloutError, match="answered 1 completion.* for sampling n=3") as error:
+                    await c.group(prompt, 3, SAMPLING, seed=0, key="g", use_n=True)
+                return error.value, time.monotonic() - start
+        error, elapsed = asyncio.run(run())
+        assert [s.fault for s in proxy.seen if s.path == "/generate"] == ["one"]  # not retried
+    assert proxy.url in str(error) and "use_n=False" in str(error) and elapsed < 5
+
+
 def test_use_n_groups_are_guarded_against_a_concurrent_duplicate(server, prompt):
     async def run():
         async with client(server) as c:
@@ -267,7 +285,7 @@ def test_a_dead_server_exhausts_retries_with_a_clear_error(prompt):
 
 def test_a_server_killed_mid_generation_and_restarted_loses_and_repeats_nothing(spare, prompt):
     ensure_running(spare)
-    requests = with_first(prompt, many(prompt, 2, 3, LONG))
+    requests = with_first(prompt, many(prompt, 2, 3, FAULT))
 
     async def run():
         # retries enough to wait out the restart (tens of seconds on a busy machine)
@@ -310,7 +328,7 @@ def test_weight_sync_changes_greedy_outputs_and_the_reported_version(spare, prom
 
 def test_a_sync_during_generation_resubmits_the_aborted_samples(spare, prompt, other_weights, tiny_model_dir):
     ensure_running(spare)
-    requests = with_first(prompt, many(prompt, 2, 3, LONG))
+    requests = with_first(prompt, many(prompt, 2, 3, FAULT))
 
     async def run():
         async with client(spare.url) as c:
@@ -349,8 +367,7 @@ def test_a_bad_folder_fails_the_sync_naming_the_server_and_old_weights_keep_serv
 
 def test_two_servers_one_dies_and_the_other_finishes_everything(server, spare, prompt):
     ensure_running(spare)
-    # Long enough that an idle machine cannot finish the spare's share before the kill lands.
-    requests = with_first(prompt, many(prompt, 3, 3, {**LONG, "max_new_tokens": 400}))
+    requests = with_first(prompt, many(prompt, 3, 3, FAULT))
 
     async def run():
         async with client([server, spare.url], retries=6, backoff=0.1) as c:

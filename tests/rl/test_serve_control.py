@@ -75,7 +75,8 @@ def test_pause_abort_queues_new_requests_until_continue(served):
     long.join(60)
     assert long_box["answer"]["meta_info"]["finish_reason"]["type"] == "abort"
     short, short_box = in_background(served, {"input_ids": [7, 8], "sampling_params": {"max_new_tokens": 4}})
-    time.sleep(0.5)
+    wait_until(lambda: server_state(served)["pending_requests"] == 1)
+    time.sleep(0.5)  # a paused server must not run it
     assert short.is_alive() and served.post("/flush_cache").status_code == 400  # queued, not run
     served.post("/continue_generation")
     short.join(60)
@@ -172,7 +173,8 @@ def test_unpaused_weight_update_waits_for_generations_in_flight(served, tmp_path
     shutil.copytree(served.model_dir, new_dir)
     ok = served.post("/update_weights_from_disk", {"model_path": str(new_dir), "weight_version": "v2"})
     assert ok.json()["success"] is True
-    assert "answer" in box  # the generation ended before the swap
+    assert server_state(served)["pending_requests"] == 0  # the generation ended before the swap
+    thread.join(60)
     answer = box["answer"]
     assert answer["meta_info"]["weight_version"] == "default" and len(answer["output_ids"]) == 400
     assert served.generate({"input_ids": [5], "sampling_params": {"max_new_tokens": 1}})["meta_info"][

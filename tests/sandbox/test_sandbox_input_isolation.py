@@ -51,12 +51,14 @@ def _scan_while_grading(pool, problem, code) -> tuple[object, dict]:
     if uid is None:
         pytest.skip("not root: no slot uid to find the children by")
     box = {}
-    grading = threading.Thread(target=lambda: box.update(result=pool.grade(problem, code, all_tests=True)))
+    # A loaded machine may take a while to pass 3 MB in and out: the verdict must not hang on it.
+    grading = threading.Thread(target=lambda: box.update(
+        result=pool.grade(problem, code, all_tests=True, time_limit=SLEEP + 5)))
     grading.start()
     found = {}
     while grading.is_alive():
         for pid in _children_of_uid(uid):
-            if pid not in found:
+            if not found.get(pid):  # read again until its input shows: it may not have read it yet
                 time.sleep(0.2)  # let it read its input and reach its sleep
                 try:
                     found[pid] = set(re.findall(rb"IN-([0-9a-f]{32})", _memory_of(pid)))
