@@ -108,7 +108,9 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
             return sample
 
         async def held_out_eval(at: int) -> dict:
-            sampling = dict(max_new_tokens=exp.rollout.max_response_tokens_at(at), stop_token_ids=stop_ids,
+            # The weights after `at` updates at the response limit they last trained with: a stage that
+            # starts at `at` has not trained them yet.
+            sampling = dict(max_new_tokens=exp.rollout.max_response_tokens_at(max(at - 1, 0)), stop_token_ids=stop_ids,
                             temperature=exp.rollout.eval_temperature, top_p=exp.rollout.eval_top_p)
             t0 = time.perf_counter()
             result = await evaluation.evaluate(

@@ -76,14 +76,18 @@ def test_a_tiny_run_of_every_objective(tiny_rl, tmp_path, name, capsys):
 
 def test_cadence_0_means_never_and_only_at_the_end(tiny_rl, tmp_path):
     """schedule.eval_every 0 (held-out evaluations only before RL and at the end) and checkpoint_every 0
-    (only at the end) passed validation, then ended the run with ZeroDivisionError."""
+    (only at the end) passed validation, then ended the run with ZeroDivisionError. Also: an evaluation
+    samples at the response limit its weights last trained with, not a stage that starts after them."""
     run_dir = tmp_path / "run"
     assert rl.train.main(_run(tiny_rl, "tiny_dapo", run_dir, "schedule.steps=3", "schedule.eval_every=0",
-                              "schedule.checkpoint_every=0")) == 0
+                              "schedule.checkpoint_every=0", "rollout.context_stages=2:56,3:48")) == 0
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert ["eval/pass@1" in r for r in rows] == [True, False, False, True]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["3"]
+    limits = [json.loads((run_dir / "eval" / f"step_{s:06d}" / "results.json").read_text())["sampling"]
+              ["max_new_tokens"] for s in (0, 3)]
+    assert limits == [64, 56]  # step index 2 trained at 56; the stage from 3 on never ran
 
 
 def test_grading_runs_while_generation_goes_on(tiny_rl, tmp_path):
