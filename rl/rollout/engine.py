@@ -481,16 +481,20 @@ def _prompt_logprobs(weights, tokens_1P, temperature, *, cfg, top_n):
                                       init_layer_caches(cfg, 1, P), 0)
     # log_softmax(h W^T / t) = log_softmax((h / t) W^T): one compiled program for every temperature.
     h_ND = h_1PD[0, :-1] / temperature.astype(h_1PD.dtype)
-    logp_N = chunked_logprobs(h_ND, unembedding(weights, cfg), tokens_1P[0, 1:])
     if not top_n:
-        return (logp_N,)
+        return (chunked_logprobs(h_ND, unembedding(weights, cfg), tokens_1P[0, 1:]),)
 
-    def top(h_cD):  # a chunk of positions at a time, never the [P, V] logits at once
-        return jax.lax.top_k(jax.nn.log_softmax(decode_logits(h_cD, unembedding(weights, cfg)), axis=-1), top_n)
+    def chunk_logprobs(args):  # a chunk of positions at a time, never the [P, V] logits at once
+        h_cD, next_c = args
+        logp_cV = jax.nn.log_softmax(decode_logits(h_cD, unembedding(weights, cfg)), axis=-1)
+        return (jnp.take_along_axis(logp_cV, next_c[:, None], axis=-1)[:, 0], *jax.lax.top_k(logp_cV, top_n))
     chunk = min(P - 1, TOP_CHUNK)
-    h_CcD = jnp.pad(h_ND, ((0, -(P - 1) % chunk), (0, 0))).reshape(-1, chunk, h_ND.shape[1])
-    top_val_CcN, top_id_CcN = jax.lax.map(top, h_CcD)
-    return logp_N, top_val_CcN.reshape(-1, top_n)[:P - 1], top_id_CcN.reshape(-1, top_n)[:P - 1]
+    pad = -(P - 1) % chunk
+    h_CcD = jnp.pad(h_ND, ((0, pad), (0, 0))).reshape(-1, chunk, h_ND.shape[1])
+    next_Cc = jnp.pad(tokens_1P[0, 1:], (0, pad)).reshape(-1, chunk)
+    logp_Cc, top_val_CcN, top_id_CcN = jax.lax.map(chunk_logprobs, (h_CcD, next_Cc))
+    return (logp_Cc.reshape(-1)[:P - 1], top_val_CcN.reshape(-1, top_n)[:P - 1],
+            top_id_CcN.reshape(-1, top_n)[:P - 1])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sample", "filtering", "top_n"), donate_argnums=1)

@@ -36,9 +36,10 @@ class Served:
 
     @staticmethod
     def _padded(seq: list[int]):
-        tokens = np.zeros((1, PAD_TO), np.int32)
+        width = -(-len(seq) // PAD_TO) * PAD_TO  # one compiled shape for every short sequence
+        tokens = np.zeros((1, width), np.int32)
         tokens[0, :len(seq)] = seq
-        return tokens, (np.arange(PAD_TO) < len(seq)).astype(np.int32)[None]
+        return tokens, (np.arange(width) < len(seq)).astype(np.int32)[None]
 
     def reference_logprobs(self, prompt: list[int], completion: list[int], temperature: float) -> np.ndarray:
         """models.token_logprobs of each completion token given everything before it."""

@@ -142,6 +142,17 @@ def test_input_top_logprobs_from_logprob_start_len(served):
     assert meta["input_token_logprobs"] == [] and meta["input_top_logprobs"] == []
 
 
+def test_input_logprobs_of_a_prompt_longer_than_one_top_logprobs_chunk(served):
+    prompt = np.random.default_rng(0).integers(3, 100, 300).tolist()  # 299 positions: two chunks of 256
+    body = {"input_ids": prompt, "return_logprob": True, "top_logprobs_num": 2, "logprob_start_len": 0,
+            "sampling_params": {"max_new_tokens": 1, "temperature": 0.7}}
+    meta = served.generate(body)["meta_info"]
+    inputs, tops = meta["input_token_logprobs"][1:], meta["input_top_logprobs"][1:]
+    np.testing.assert_allclose([lp for lp, _, _ in inputs], served.reference_logprobs(prompt[:1], prompt[1:], 0.7),
+                               atol=2e-5)
+    assert all(top[0][0] >= max(top[1][0], lp - 1e-6) for (lp, _, _), top in zip(inputs, tops))
+
+
 def test_text_input_zero_tokens_and_streaming(served):
     text = "def add(a, b):"
     out = served.generate({"text": text, "sampling_params": {"max_new_tokens": 0}})
