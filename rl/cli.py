@@ -12,13 +12,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def window_arg(spec: str) -> str:
-    """argparse type of --window ("" = every problem): checked before a load of gigabytes, not after;
+    """argparse type of --window (blank = every problem): checked before a load of gigabytes, not after;
     kept as text."""
-    from rl.data import parse_window  # lazily: --help stays fast
+    if spec.strip():
+        from rl.data import parse_window  # lazily: --help stays fast
 
-    if spec:
         try:
             parse_window(spec)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+        except ValueError as e:  # its "data.window: " names the experiment key, not this flag
+            raise argparse.ArgumentTypeError(str(e).removeprefix("data.window: ")) from None
     return spec

@@ -46,7 +46,8 @@ class _Retryable(Exception):
 
 
 class _Rejected(Exception):
-    """A 4xx answer: the request itself is wrong, so retrying cannot help."""
+    """An answer a retry cannot change: a 4xx (the request itself is wrong), or a whole answer with another
+    number of completions than sampling n."""
 
 
 def _urls(urls: str | Sequence[str], what: str) -> list[str]:
@@ -205,7 +206,7 @@ class RolloutClient:
         finally:
             self._drawing.difference_update(r.identity for r in requests)
         samples, redraw = [], []
-        for r, answer in zip(requests, answers):
+        for r, answer in zip(requests, answers, strict=True):
             if finish_type(answer) == "abort":
                 self._check_abort(answer, r, server, 1)
                 redraw.append(SampleRequest(r.key, r.index, r.prompt_ids, r.sampling, sample_seed(seed, r.index)))
@@ -290,8 +291,9 @@ class RolloutClient:
             if not all(isinstance(a, dict) for a in answers):
                 raise BadAnswer(f"expected {n} answer object(s), got {str(answer)[:200]}")
             if len(answers) != n:  # whole JSON, not a cut answer: the next try would answer the same
-                raise _Rejected(f"{server.url}/generate answered {len(answers)} completion(s) for sampling n={n}: "
-                                f"it does not honour n; draw groups as n requests (use_n=False)")
+                advice = ": it does not honour n; draw groups as n requests (use_n=False)" if n > 1 else ""
+                raise _Rejected(f"{server.url}/generate answered {len(answers)} completion(s) for sampling "
+                                f"n={n}{advice}")
             for a in answers:
                 if finish_type(a) != "abort":
                     output_tokens(a)  # NaN logprobs, missing triples: the next try may be sound

@@ -11,7 +11,7 @@ import pytest
 
 API_KEY = "test-key"
 SLOTS = 8
-PAD_TO = 64  # reference logprobs are computed at one padded length: one compilation per temperature
+PAD_TO = 64  # reference logprobs are computed at multiples of this length: few compilations per temperature
 
 
 class Served:

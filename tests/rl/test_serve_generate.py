@@ -150,7 +150,11 @@ def test_input_logprobs_of_a_prompt_longer_than_one_top_logprobs_chunk(served):
     inputs, tops = meta["input_token_logprobs"][1:], meta["input_top_logprobs"][1:]
     np.testing.assert_allclose([lp for lp, _, _ in inputs], served.reference_logprobs(prompt[:1], prompt[1:], 0.7),
                                atol=2e-5)
-    assert all(top[0][0] >= max(top[1][0], lp - 1e-6) for (lp, _, _), top in zip(inputs, tops))
+    scaled = served.reference_logits(prompt[:1], prompt[1:]) / 0.7
+    logp = scaled - scaled.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    assert [[t for _, t, _ in top] for top in tops] == np.argsort(-logp, axis=-1)[:, :2].tolist()
+    np.testing.assert_allclose([[lp for lp, _, _ in top] for top in tops], -np.sort(-logp, axis=-1)[:, :2], atol=2e-5)
 
 
 def test_text_input_zero_tokens_and_streaming(served):

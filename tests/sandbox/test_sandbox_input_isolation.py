@@ -85,3 +85,4 @@ def test_a_child_holds_no_other_tests_input(pool, kind):
     scanned = [markers for markers in found.values() if markers]
     assert len(scanned) == 3, found  # each child was read, with its own input in it
     assert all(len(markers) == 1 for markers in scanned), found
+    assert set().union(*scanned) == {s.encode() for s in secrets}, found  # each its own, not another's

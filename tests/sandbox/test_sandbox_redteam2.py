@@ -151,7 +151,7 @@ def test_cpu_limit_signal_is_still_a_time_limit(pool):
     ("import signal\nprint('ok')\nsignal.raise_signal(signal.SIGSTOP)\n", TL),  # killed while stopped
     ("import signal\nprint('ok')\nsignal.raise_signal(signal.SIGTSTP)\n", TL),
     # Writes after the program ended (daemon thread) are not waited for, as in an interpreter.
-    ("import threading, time, os\ndef late():\n    time.sleep(0.5)\n    os.write(1, b'ok')\n"
+    ("import threading, time, os\ndef late():\n    time.sleep(2)\n    os.write(1, b'ok')\n"
      "threading.Thread(target=late, daemon=True).start()\n", WA),
     ("import os\nos.dup2(0, 1)\nprint('ok')\n", WA),  # stdout into its own stdin file
     ("import os\nos.ftruncate(1, 0)\nos.lseek(1, 10 << 20, 0)\nos.write(1, b'ok')\n", WA),  # sparse
