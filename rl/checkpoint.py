@@ -44,6 +44,9 @@ class Checkpointer:
 
     def __init__(self, directory, keep: int = 3, async_save: bool = True):
         self.directory = Path(directory).absolute()
+        if self.directory.exists() and not self.directory.is_dir():  # else: no checkpoint, a fresh start
+            raise ResumeError(f"{self.directory} is not a directory, so this run's checkpoints cannot be read "
+                              f"or saved; move it away")
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options,

@@ -74,6 +74,9 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
         if extra is not None:
             stream.restore(extra["data"])
             step, version, best = extra["step"], extra["weight_version"], extra.get("best", {})
+            if not (isinstance(best, dict) and isinstance(best.get("pass@1", 0.0), (int, float))):
+                raise ValueError(f"{ckpt.directory}: checkpoint step {step}'s best is {best!r}, not "
+                                 "{\"step\": ..., \"pass@1\": ...}")
             say(f"resumed at step {step} from {ckpt.directory}")
         else:
             step, version, best = 0, 0, {}
@@ -300,7 +303,7 @@ def _dropped(report: dict) -> str:
 
 
 def _summary(history: list[dict], run_dir: Path, best: dict) -> dict:
-    evals = [(r["step"], r["eval/pass@1"]) for r in history if r.get("eval/pass@1") is not None]
+    evals = [(r["step"], r["eval/pass@1"]) for r in history if isinstance(r.get("eval/pass@1"), (int, float))]
     return {"run_dir": str(run_dir), "evals": evals, "best": best,
             "before": evals[0][1] if evals else None, "after": evals[-1][1] if evals else None}
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -20,16 +22,25 @@ HEADLINE = (("reward/mean", "reward", "+.3f"), ("reward/pass_rate", "pass", ".2f
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Every complete line of a run's metrics.jsonl (a line cut short by a crash is ignored)."""
-    path = Path(run_dir) / METRICS_FILE
-    rows = []
+    """Every well-formed row of a run's metrics.jsonl: an object with an integer step (a line cut short by
+    a crash, or edited into something else, is left out)."""
+    return _read(Path(run_dir) / METRICS_FILE)[0]
+
+
+def _read(path: Path) -> tuple[list[dict], int]:
+    """(well-formed rows, count of other non-blank lines) of a metrics file."""
+    rows, bad = [], 0
     if path.exists():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
+                rows.append(row)
+            else:
+                bad += bool(line.strip())
+    return rows, bad
 
 
 class RunLogger:
@@ -38,7 +49,13 @@ class RunLogger:
     def __init__(self, run_dir: str | Path, resume_step: int = 0):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
-        kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= resume_step]
+        rows, bad = _read(self.path)
+        if bad:  # the file is rewritten below: what it held is kept as it was
+            keep = self.path.with_name(f"{METRICS_FILE}.{int(time.time())}.bak")
+            shutil.copyfile(self.path, keep)
+            print(f"warning: {self.path}: {bad} line(s) are not metrics rows and are left out; the file as it "
+                  f"was is kept in {keep}", file=sys.stderr)
+        kept = [r for r in rows if r["step"] <= resume_step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step + 1)
         self.history = kept

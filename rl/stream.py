@@ -42,4 +42,7 @@ class ProblemStream:
         if position.get("size", self.size) != self.size or position.get("seed", self.seed) != self.seed:
             raise ValueError(f"the checkpoint's data position {position} is for a different problem set or "
                              f"seed (now {self.size} problems, seed {self.seed})")
-        self.epoch, self.offset = int(position["epoch"]), int(position["offset"])
+        epoch, offset = position.get("epoch"), position.get("offset")
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (epoch, offset)):
+            raise ValueError(f"the checkpoint's data position {position} needs integer epoch and offset >= 0")
+        self.epoch, self.offset = epoch, offset

@@ -125,6 +125,14 @@ def test_no_readable_checkpoint_refuses_to_start_over(saved_run, tmp_path):
     assert (directory / "1").is_dir()  # nothing moved: the user decides
 
 
+def test_a_checkpoints_path_that_is_a_file_refuses_to_start_over(tmp_path):
+    """It read as "no checkpoint": the run started over on top of the old one, then failed to save."""
+    from rl.checkpoint import ResumeError
+    (tmp_path / "checkpoints").write_text("x")
+    with pytest.raises(ResumeError, match="checkpoints is not a directory"):
+        Checkpointer(tmp_path / "checkpoints")
+
+
 def test_keeps_the_last_k(saved_run, tmp_path):
     trainer = saved_run["trainer"]
     state = trainer.init_state(initial_params())
