@@ -1,5 +1,7 @@
 """What coderl's commands share: the help formatter and argument types."""
 import argparse
+import math
+from pathlib import Path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -22,3 +24,24 @@ def window_arg(spec: str) -> str:
         except ValueError as e:  # its "data.window: " names the experiment key, not this flag
             raise argparse.ArgumentTypeError(str(e).removeprefix("data.window: ")) from None
     return spec
+
+
+def number(kind=float, low: float = 0, strict: bool = True):
+    """An argparse type: a finite `kind` above `low` (at or above it unless strict)."""
+    def parse(text: str):
+        value = kind(text)
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{text}: expected a number {'>' if strict else '>='} {low}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its error
+    return parse
+
+
+def out_file(text: str) -> Path:
+    """argparse type of a file to write: refused before the work, not after it, when it cannot be."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: folder {path.absolute().parent} does not exist")
+    return path

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import math
 import sys
 import tempfile
 import warnings
@@ -23,25 +22,13 @@ from pathlib import Path
 
 import httpx
 
-from rl.cli import HelpFormatter, window_arg
+from rl.cli import HelpFormatter, number, window_arg
 from rl.hugepages import reexec_with_huge_pages
 
 DEFAULT_CONCURRENCY = 256
 
 
-def _number(kind, low: float, strict: bool):
-    """An argparse type: a finite `kind` above `low` (at or above it unless strict)."""
-    def parse(text: str):
-        value = kind(text)
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"{text}: expected a number {'>' if strict else '>='} {low}")
-        return value
-    parse.__name__ = kind.__name__  # argparse names the type in its error
-    return parse
-
-
-_positive_int, _positive_float, _non_negative_float = _number(int, 0, True), _number(float, 0, True), \
-    _number(float, 0, False)
+_positive_int, _positive_float, _non_negative_float = number(int), number(float), number(float, 0, strict=False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,9 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                   "(default: --model; required with --server)")
     p.add_argument("--engine", choices=("embedded", "sglang"), default="embedded",
                    help="with --model: coderl's JAX server, or real SGLang through `rl.serve --engine sglang`")
-    p.add_argument("--max-running-requests", type=int, default=32, help="with --model: the server's decode slots")
+    p.add_argument("--max-running-requests", type=_positive_int, default=32, help="with --model: the server's decode slots")
     p.add_argument("--api-key", default=None, help="bearer key of the servers")
-    p.add_argument("--wait", type=float, default=60.0, help="with --server: seconds to wait for the servers")
+    p.add_argument("--wait", type=_positive_float, default=60.0, help="with --server: seconds to wait for the servers")
     data = p.add_argument_group("problems")
     data.add_argument("--problems", nargs="+", required=True, metavar="FILE",
                       help="problem files (.json, .jsonl, .parquet: LiveCodeBench, TACO, DeepCoder, sandbox rows)")

@@ -244,14 +244,17 @@ def load_results(path) -> dict:
         results = json.loads(file.read_text())
     except FileNotFoundError:
         raise EvaluationError(f"{file}: not found (is {path} an rl.evaluate --out folder?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EvaluationError(f"{file}: unreadable ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise EvaluationError(f"{file}: unreadable ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(results, dict) or not isinstance(results.get("problems"), list):
         raise EvaluationError(f"{file}: not an rl.evaluate results file (no 'problems' list)")
     for i, row in enumerate(results["problems"]):
         if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("n"), int)
                 and isinstance(row.get("c"), int) and 0 <= row["c"] <= row["n"] and row["n"] >= 1):
             raise EvaluationError(f"{file}: problems[{i}]: expected an object with id, n >= 1 and 0 <= c <= n")
+    ids = Counter(row["id"] for row in results["problems"])
+    if len(ids) < len(results["problems"]):  # a paired comparison needs one row per problem
+        raise EvaluationError(f"{file}: problem ids repeat: {sorted(i for i, c in ids.items() if c > 1)[:5]}")
     results["path"] = str(file.parent)
     return results
 
@@ -263,9 +266,10 @@ def read_samples(folder, problems: set[str] | None = None) -> list[dict]:
         for raw in f:
             try:
                 line = json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
-            if not (isinstance(line, dict) and isinstance(line.get("problem"), str)):
+            if not (isinstance(line, dict) and isinstance(line.get("problem"), str)
+                    and isinstance(line.get("index"), int)):
                 continue  # not a sample line: skipped like a line cut short
             if problems is None or line["problem"] in problems:
                 rows.append(line)

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from rl.cli import HelpFormatter
+from rl.cli import HelpFormatter, number
 from rl.hugepages import reexec_with_huge_pages
 
 ENGINES = ("embedded", "sglang")
@@ -36,9 +36,9 @@ def parse_args(argv=None):
                    help="Hugging Face model folder (config.json, *.safetensors, tokenizer files)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=30000)
-    p.add_argument("--max-running-requests", type=int, default=32,
+    p.add_argument("--max-running-requests", type=number(int), default=32,
                    help="decode slots: requests generated together (continuous batching)")
-    p.add_argument("--context-length", type=int, default=None,
+    p.add_argument("--context-length", type=number(int), default=None,
                    help="longest prompt + completion (default: the config's max_position_embeddings)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="weights and compute dtype (auto: the checkpoint's)")

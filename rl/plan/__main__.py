@@ -25,6 +25,7 @@ import os
 import re
 import sys
 
+from rl.cli import number, out_file
 from rl.plan.topology import MAX_CPU_DEVICES
 
 SEARCH_DOUBLINGS = 4
@@ -41,27 +42,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="v5p-8, v6e-8, v5p:2x2x2, cpu:8, ... (repeatable; default v5p-8)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override one experiment setting (repeatable), as rl.train does")
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step time (default 0.4)")
-    p.add_argument("--hbm", type=float, default=None, metavar="GB",
+    p.add_argument("--mfu", type=number(float), default=0.4, help="model FLOPs utilisation for the step time (default 0.4)")
+    p.add_argument("--hbm", type=number(float), default=None, metavar="GB",
                    help="memory per device in GB (default: the chip's; cpu:N: 80, an H100 80 GB)")
-    p.add_argument("--peak", type=float, default=None, metavar="TFLOPS",
+    p.add_argument("--peak", type=number(float), default=None, metavar="TFLOPS",
                    help="dense bf16 peak per device (default: the chip's; cpu:N: 989, an H100 SXM)")
     p.add_argument("--no-search", action="store_true", help="compile the experiment as written only")
     p.add_argument("--no-logprobs", action="store_true", help="skip the logprob pass's compile")
     p.add_argument("--slope", action="store_true",
                    help="also measure temporaries per token per layer: two more compiles, one row per device at "
                         "the full and at half the response length, against the arithmetic")
-    p.add_argument("--layers", type=int, default=None,
+    p.add_argument("--layers", type=number(int), default=None,
                    help="override the model's depth: quick looks only (a real plan keeps it)")
-    p.add_argument("--markdown", metavar="FILE", help="also write the tables to FILE")
+    p.add_argument("--markdown", type=out_file, metavar="FILE", help="also write the tables to FILE")
     args = p.parse_args(argv)
     args.topology = args.topology or ["v5p-8"]
     if not 0 < args.mfu <= 1:
         p.error(f"--mfu {args.mfu}: must be in (0, 1]")
-    for name in ("hbm", "peak", "layers"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            p.error(f"--{name} {value}: must be > 0")
     return args
 
 

@@ -1,6 +1,8 @@
 """The offline difficulty filter: rows kept by the pass rate of an rl.evaluate results file."""
 import json
 
+import pytest
+
 import rl.difficulty
 from rl.tiny.tasks import HELDOUT_FILE
 
@@ -40,3 +42,16 @@ def test_rows_without_an_id_match_the_ids_rl_evaluate_recorded(tmp_path, capsys)
     out = tmp_path / "kept.jsonl"
     assert rl.difficulty.main([str(tmp_path), "--problems", str(problems), "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["kept"] == 2
+
+
+def test_out_that_is_an_input_a_folder_or_unwritable_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--out equal to a --problems file overwrote the problem set with its filtered part."""
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(HELDOUT_FILE.read_text())
+    (tmp_path / "results.json").write_text(json.dumps({"problems": []}))
+    for out, message in [(problems, "is one of the --problems files"), (tmp_path, "is a directory"),
+                         (tmp_path / "missing" / "o.jsonl", "does not exist")]:
+        with pytest.raises(SystemExit):
+            rl.difficulty.main([str(tmp_path), "--problems", str(problems), "--out", str(out)])
+        assert message in capsys.readouterr().err
+    assert problems.read_text() == HELDOUT_FILE.read_text()

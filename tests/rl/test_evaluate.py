@@ -205,6 +205,14 @@ def test_compare_refuses_different_problem_sets_unless_common(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_compare_refuses_a_results_file_whose_ids_repeat(tmp_path, capsys):
+    """The last row of an id won, silently, in the paired comparison."""
+    a = _result(tmp_path / "a", [("p1", 0), ("p2", 4)])
+    b = _result(tmp_path / "b", [("p1", 0), ("p1", 4)])
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "problem ids repeat: ['p1']" in capsys.readouterr().err
+
+
 def test_bad_input_gets_a_clear_error(problems_file, tiny_model_dir, tmp_path, capsys):
     base = ["--server", "http://127.0.0.1:9", "--tokenizer", str(tiny_model_dir), "--no-progress", "--n", "1",
             "--k", "1"]
@@ -256,7 +264,8 @@ def test_resume_refuses_a_results_file_that_is_not_an_object(tmp_path, results):
 
 
 @pytest.mark.parametrize("argv", [["compare", "a", "b", "--resamples", "0"], ["--temperature", "nan"],
-                                  ["--time-limit", "-1"], ["--memory-mb", "0"], ["--window", "2024-13-01:"]])
+                                  ["--time-limit", "-1"], ["--memory-mb", "0"], ["--window", "2024-13-01:"],
+                                  ["--wait", "nan"], ["--max-running-requests", "0"]])
 def test_bad_numbers_are_refused_before_anything_starts(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv + ([] if argv[0] == "compare" else ["--model", "m", "--problems", "p"]))

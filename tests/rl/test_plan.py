@@ -136,3 +136,13 @@ def test_command_prints_the_table_and_writes_markdown(tmp_path, config_only_mode
                            f"model.path={model}", "--set", "mesh.tensor=3"], capture_output=True, text=True, timeout=120)
     assert mesh.returncode == 2 and "rl.plan: cpu:4: " in mesh.stderr and "does not fit 4 devices" in mesh.stderr
     assert "Traceback" not in mesh.stderr
+
+
+@pytest.mark.parametrize("argv, message", [(["--hbm", "inf"], "--hbm: inf"), (["--peak", "0"], "--peak: 0"),
+                                           (["--markdown", "."], "is a directory")])
+def test_bad_arguments_are_refused_before_the_compile(argv, message, capsys):
+    """--hbm inf / --peak inf crashed after minutes of compiling; so did --markdown DIR."""
+    from rl.plan.__main__ import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["tiny_dapo", *argv])
+    assert message in capsys.readouterr().err

@@ -33,3 +33,12 @@ def test_stop_terminates_the_child_and_is_idempotent(tmp_path):
     server.stop(timeout=5)
     server.stop()
     assert child.poll() is not None and server.process is None
+
+
+@pytest.mark.parametrize("argv", [["--max-running-requests", "0"], ["--context-length", "-5"]])
+def test_sizes_below_one_are_refused_at_start(argv, capsys):
+    """--max-running-requests 0 served /health while every /generate waited forever."""
+    from rl.serve import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", *argv])
+    assert argv[0] in capsys.readouterr().err
