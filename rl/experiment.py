@@ -219,8 +219,8 @@ class Experiment:
     def from_json(cls, text: str, source: str = "<json>") -> "Experiment":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ExperimentError(f"{source}: not valid JSON ({e})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ExperimentError(f"{source}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
         return cls.from_dict(data, source)
 
 
@@ -370,7 +370,8 @@ def _display(path: Path) -> str:
 
 def _find_assignment(path: Path, section: str, name: str) -> int | None:
     """The line of `name=` in `path`; for a section's key, inside the file's `section=(...)` only."""
-    text = path.read_text() if path.suffix == ".py" and path.is_file() else ""
+    # Only to point at a line: a byte that is not UTF-8 must not hide the message it points for.
+    text = path.read_text(encoding="utf-8", errors="replace") if path.suffix == ".py" and path.is_file() else ""
     start, end = 0, len(text)
     if section:
         opened = re.search(rf"\b{section}\s*=\s*\w*\(", text)
@@ -440,7 +441,7 @@ def validate(exp: Experiment, source: Source | str = "<experiment>", *, devices:
     check("name", bool(exp.name) and "/" not in exp.name and "\0" not in exp.name and exp.name not in (".", "..")
           and len(exp.name.encode("utf-8", "surrogatepass")) <= 255,
           f"a run needs a name usable as a folder name (at most 255 bytes, no '/'), got {exp.name!r}")
-    check("seed", exp.seed >= 0, f"must be >= 0, got {exp.seed}")
+    check("seed", 0 <= exp.seed < 2**31, f"must be in [0, 2**31), got {exp.seed}")  # jax and numpy seeds
 
     check("model.path", bool(m.path), "empty: point it at a local Hugging Face folder (--set model.path=DIR)")
     for key, value, allowed in (("model.dtype", m.dtype, DTYPES), ("model.param_dtype", m.param_dtype, DTYPES),
@@ -692,7 +693,11 @@ def load(spec: str, overrides: list[str] = (), *, validated: bool = True) -> tup
     the device count). Its name is the file's stem; a saved config.json keeps the name it holds."""
     path = resolve_path(spec)
     if path.suffix == ".json":
-        exp = Experiment.from_json(path.read_text(), _display(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ExperimentError(f"{_display(path)}: unreadable ({e})") from None
+        exp = Experiment.from_json(text, _display(path))
         source = Source(files=(path,))
     else:
         module = _import_experiment(path)

@@ -381,3 +381,22 @@ def test_non_finite_floats_are_refused(assignment):
     key = assignment.split("=")[0]
     with pytest.raises(ExperimentError, match=f"--set {assignment}.*{key}: expected finite float"):
         load("tiny_dapo", [assignment])
+
+
+def test_files_that_are_not_utf8_or_too_deep_still_get_their_message(tmp_path):
+    """A byte that is not UTF-8 in a file with an invalid value raised UnicodeDecodeError in place of the
+    message; a saved config that is not UTF-8 or nests too deep did the same (or RecursionError)."""
+    path = tmp_path / "latin1.py"
+    path.write_bytes(b"# caf\xe9\nfrom experiments import tiny_dapo\n"
+                     b"EXPERIMENT = tiny_dapo.EXPERIMENT.replace(rollout=dict(group_size=1))\n")
+    with pytest.raises(ExperimentError, match="rollout.group_size"):
+        load(str(path))
+    for name, data in [("bad.json", b"\xff"), ("deep.json", b"[" * 100_000 + b"]" * 100_000)]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ExperimentError, match=name):
+            load(str(tmp_path / name))
+
+
+def test_seeds_beyond_what_jax_and_numpy_take_are_refused():
+    with pytest.raises(ExperimentError, match=r"seed: must be in \[0, 2\*\*31\)"):
+        load("tiny_dapo", ["seed=99999999999999999999"])
