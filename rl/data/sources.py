@@ -331,8 +331,23 @@ def _parquet_rows(path: Path):
         batches = table.iter_batches(batch_size=64)  # LCB rows carry megabytes of tests each
         row = 0
         for batch in batches:
-            for value in batch.to_pylist():
+            for value in _batch_rows(batch, path, row):
                 yield row, value, f"{path} row {row}"
                 row += 1
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path}: unreadable parquet ({type(e).__name__}: {e})") from None
+
+
+def _batch_rows(batch, path: Path, first: int) -> list:
+    """A batch's rows as Python objects; a value Python cannot hold (a date past year 9999) is that row's
+    error, not the file's."""
+    try:
+        return batch.to_pylist()
+    except (OverflowError, ValueError):
+        rows = []
+        for i in range(batch.num_rows):
+            try:
+                rows.append(batch.slice(i, 1).to_pylist()[0])
+            except (OverflowError, ValueError) as e:
+                rows.append(DataError(f"{path} row {first + i}: a value Python cannot hold ({e})"))
+        return rows

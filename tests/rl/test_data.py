@@ -114,6 +114,17 @@ def test_parquet_rows_load_like_jsonl(tmp_path):
     assert from_parquet[3].origin == f"{path} row 3"
 
 
+def test_a_parquet_date_python_cannot_hold_is_that_rows_error(tmp_path):
+    """A year-10000 timestamp failed the whole load with OverflowError."""
+    rows = [json.loads(line) for line in (DATA / "lcb_code_generation.jsonl").read_text().splitlines()][:3]
+    table = pa.Table.from_pylist(rows).drop_columns(["contest_date"])
+    stamps = pa.array([1_700_000_000_000, 253_402_300_800_000, 1_700_000_000_000], pa.timestamp("ms"))
+    pq.write_table(table.append_column("contest_date", stamps), path := tmp_path / "far.parquet")
+    with pytest.warns(RuntimeWarning, match="skipped 1 malformed row"):
+        records, report = load_problems(path)
+    assert len(records) == 2 and "row 1: a value Python cannot hold" in report.errors[0]
+
+
 def test_broken_rows_are_skipped_counted_and_named():
     path = DATA / "broken_rows.jsonl"
     with pytest.warns(RuntimeWarning, match=r"broken_rows.jsonl: skipped 4 malformed rows"):
