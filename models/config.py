@@ -98,32 +98,44 @@ class ModelConfig:
                 raise ConfigError(f"{source}: missing required field {key!r}")
             return hf[key]
 
+        def size(key, default=None):  # a count or length: a JSON integer >= 1 (null takes the default)
+            value = need(key) if default is None else hf.get(key) or default
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{source}: {key} must be an integer >= 1, got {value!r}")
+            return value
+
+        def positive(key, value):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise ConfigError(f"{source}: {key} must be a number > 0, got {value!r}")
+            return float(value)
+
         # transformers >= 5 writes RoPE settings as "rope_parameters" (rope_theta inside it); as it
         # does, a legacy "rope_scaling" replaces them whole, and rope_theta falls back to the top level.
         rope_key = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
         rope = hf.get(rope_key) or {}
         if not isinstance(rope, dict):
             raise ConfigError(f"{source}: {rope_key} must be an object, got {type(rope).__name__}")
-        hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+        hidden, heads = size("hidden_size"), size("num_attention_heads")
         # Qwen3Config's own default is 128, not hidden / heads, when config.json has no head_dim.
-        head_dim = hf.get("head_dim", 128 if arch_name == "Qwen3ForCausalLM" else None) or hidden // heads
+        head_dim = size("head_dim", hf.get("head_dim", 128 if arch_name == "Qwen3ForCausalLM" else None)
+                        or hidden // heads or 1)
         known = {"architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
                  "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
                  "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "rope_scaling", "rope_parameters"}
         extra = tuple(sorted((k, json.dumps(v)) for k, v in hf.items() if k not in known))
         return cls(
             arch=ARCHITECTURES[arch_name],
-            vocab_size=int(need("vocab_size")),
+            vocab_size=size("vocab_size"),
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
-            num_layers=int(need("num_hidden_layers")),
+            intermediate_size=size("intermediate_size"),
+            num_layers=size("num_hidden_layers"),
             num_heads=heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-            head_dim=int(head_dim),
-            rope_theta=float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            num_kv_heads=size("num_key_value_heads", heads),
+            head_dim=head_dim,
+            rope_theta=positive("rope_theta", rope.get("rope_theta") or hf.get("rope_theta") or 10000.0),
+            rms_norm_eps=positive("rms_norm_eps", hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+            max_position_embeddings=size("max_position_embeddings", 32768),
             rope_scaling=_parse_rope_scaling(rope, rope_key, hf, source),
             hf_extra=extra,
             **runtime,
@@ -137,9 +149,9 @@ class ModelConfig:
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
         try:
-            hf = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+            hf = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
         if not isinstance(hf, dict):
             raise ConfigError(f"{path}: expected a JSON object")
         return cls.from_hf_dict(hf, source=str(path), **runtime)
@@ -217,6 +229,11 @@ def _parse_rope_scaling(rs: dict[str, Any], key: str, hf: dict[str, Any], source
         raise ConfigError(f"{source}: {key} type {kind!r} is not supported (only 'yarn')")
     if "factor" not in rs:
         raise ConfigError(f"{source}: {key} is missing 'factor'")
+    numbers = {k: v for k, v in rs.items() if k in ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+                                                     "attention_factor", "original_max_position_embeddings")}
+    for k, v in numbers.items():  # a string here failed at the first request, not at load
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < float("inf")):
+            raise ConfigError(f"{source}: {key}.{k} must be a number >= 0, got {v!r}")
     keep = {k: v for k, v in rs.items() if k not in ("type", "rope_theta")}
     keep["rope_type"] = "yarn"
     # Where transformers finds L0: a top-level key first (Phi-3 style), else the training context.

@@ -210,3 +210,24 @@ def test_checkpoint_sharded_by_transformers(tmp_path):
 def test_configs_that_would_compute_another_model_are_refused(change, match):
     with pytest.raises(models.ConfigError, match=match):
         models.ModelConfig.from_hf_dict({**QWEN3_14B, **change})
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(hidden_size="5120"), "hidden_size must be an integer >= 1, got '5120'"),
+    (dict(hidden_size=None), "hidden_size must be an integer"),
+    (dict(num_hidden_layers=-1), "num_hidden_layers must be an integer >= 1"),
+    (dict(max_position_embeddings=-1), "max_position_embeddings must be"),
+    (dict(num_key_value_heads=2.5), "num_key_value_heads must be"),
+    (dict(rms_norm_eps="x"), "rms_norm_eps must be a number > 0"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": "4"}), r"rope_scaling.factor must be a number"),
+])
+def test_fields_of_the_wrong_kind_are_named_at_load(change, match):
+    """They crashed later with int('abc'), a JAX shape error, or an error on the first request."""
+    with pytest.raises(models.ConfigError, match=match):
+        models.ModelConfig.from_hf_dict({**QWEN3_14B, **change})
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "config.json").write_bytes(b"\xff")
+    with pytest.raises(models.ConfigError, match="config.json: not valid JSON"):
+        models.ModelConfig.from_file(tmp_path)
