@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -42,6 +43,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         missing = [name for name, v in zip(ENV, (coordinator, num_processes, process_id)) if v is None]
         raise ValueError(f"multi-process setup is incomplete: set {', '.join(missing)} (or --coordinator, "
                          f"--num-processes, --process-id), or use auto-detection (--distributed)")
+    if coordinator is not None and not re.fullmatch(r"\S+:\d+", coordinator):  # jax failed with an IndexError
+        raise ValueError(f"coordinator address {coordinator!r}: expected HOST:PORT, e.g. 10.0.0.1:1234")
+    if not auto and not 0 <= process_id < num_processes:
+        raise ValueError(f"process id {process_id} is not in 0..{num_processes - 1} (--num-processes {num_processes})")
     # The CPU backend's cross-process collectives (tests, CPU clusters); GPU and TPU ignore it.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)

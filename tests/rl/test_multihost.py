@@ -129,6 +129,11 @@ def test_a_partial_setup_names_what_is_missing(monkeypatch, capsys):
     monkeypatch.delenv("JAX_PROCESS_ID")
     assert rl.train.main(["tiny_dapo", "--dry-run", "--num-processes", "2"]) == 2
     assert "error: multi-process setup is incomplete: set JAX_PROCESS_ID" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="expected HOST:PORT"):  # jax raised an IndexError
+        distributed.initialize("notahost", 1, 0)
+    with pytest.raises(ValueError, match=r"process id 2 is not in 0..1"):
+        distributed.initialize("127.0.0.1:1234", 2, 2)
+    assert jax.process_count() == 1
 
 
 @pytest.fixture(scope="module")
