@@ -99,7 +99,8 @@ class ModelConfig:
             return hf[key]
 
         def size(key, default=None):  # a count or length: a JSON integer >= 1 (null takes the default)
-            value = need(key) if default is None else hf.get(key) or default
+            value = need(key) if default is None else hf.get(key)
+            value = default if value is None else value
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{source}: {key} must be an integer >= 1, got {value!r}")
             return value
@@ -117,8 +118,8 @@ class ModelConfig:
             raise ConfigError(f"{source}: {rope_key} must be an object, got {type(rope).__name__}")
         hidden, heads = size("hidden_size"), size("num_attention_heads")
         # Qwen3Config's own default is 128, not hidden / heads, when config.json has no head_dim.
-        head_dim = size("head_dim", hf.get("head_dim", 128 if arch_name == "Qwen3ForCausalLM" else None)
-                        or hidden // heads or 1)
+        qwen3_default = arch_name == "Qwen3ForCausalLM" and "head_dim" not in hf
+        head_dim = size("head_dim", 128 if qwen3_default else hidden // heads)
         known = {"architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
                  "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
                  "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "rope_scaling", "rope_parameters"}
@@ -150,7 +151,7 @@ class ModelConfig:
             raise ConfigError(f"{path}: no such config file")
         try:
             hf = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # ValueError: also undecodable bytes
             raise ConfigError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
         if not isinstance(hf, dict):
             raise ConfigError(f"{path}: expected a JSON object")

@@ -17,6 +17,7 @@ on a filesystem every host sees.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -66,9 +67,10 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def restore(self, target: TrainState, step: int | None = None,
-                extra_fields: dict[str, type] | None = None) -> tuple[TrainState, dict] | None:
+                extra_fields: dict[str, type | Callable] | None = None) -> tuple[TrainState, dict] | None:
         """(state, extra) of checkpoint `step`, or of the newest one that reads back, on target's
-        shardings; None when there is none. `extra_fields`: keys `extra` must hold, with their types.
+        shardings; None when there is none. `extra_fields`: keys `extra` must hold, with their types (or
+        predicates of the value, None when absent).
 
         A checkpoint that fails to read is skipped with a warning (an explicitly requested `step`
         raises instead) and moved to <directory>.unreadable/ (kept, and out of the way: orbax saves no
@@ -94,7 +96,7 @@ class Checkpointer:
                               f"so the run cannot resume; move that folder away to start it over")
         return None
 
-    def _restore(self, step: int, target: TrainState, extra_fields: dict[str, type]) -> tuple[TrainState, dict]:
+    def _restore(self, step: int, target: TrainState, extra_fields: dict) -> tuple[TrainState, dict]:
         train = {"opt_state": target.opt_state, "step": target.step, "rng": target.rng}
         out = self._manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target.params), train=ocp.args.StandardRestore(train),
@@ -102,9 +104,14 @@ class Checkpointer:
         extra = out["extra"]
         if not isinstance(extra, dict):
             raise ValueError(f"extra is {type(extra).__name__}, not an object")
-        for key, kind in extra_fields.items():
-            if not isinstance(extra.get(key), kind) or isinstance(extra.get(key), bool):
-                raise ValueError(f"extra[{key!r}] is {extra.get(key)!r}, not a {kind.__name__}")
+        for key, expect in extra_fields.items():
+            value = extra.get(key)
+            if isinstance(expect, type):
+                ok, wanted = isinstance(value, expect) and not isinstance(value, bool), f"a {expect.__name__}"
+            else:
+                ok, wanted = expect(value), expect.__doc__ or expect.__name__
+            if not ok:
+                raise ValueError(f"extra[{key!r}] is {value!r}, not {wanted}")
         t = out["train"]
         return TrainState(out["params"], t["opt_state"], t["step"], t["rng"]), dict(extra)
 

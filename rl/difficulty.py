@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from rl.cli import number, out_file
+from rl.cli import out_file
 from rl.data import DataError, id_prefixes, read_rows, to_record
 from rl.evaluation import EvaluationError, load_results
 
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("results", type=Path, help="an rl.evaluate --out folder (or its results.json)")
     p.add_argument("--problems", type=Path, nargs="+", required=True, help="the problem files it evaluated")
-    p.add_argument("--min", type=number(float, 0, strict=False), default=0.05, help="lowest pass rate kept")
-    p.add_argument("--max", type=number(float, 0, strict=False), default=0.95, help="highest pass rate kept")
+    p.add_argument("--min", type=float, default=0.05, help="lowest pass rate kept")
+    p.add_argument("--max", type=float, default=0.95, help="highest pass rate kept")
     p.add_argument("--out", type=out_file, required=True, help="the filtered problem file (.jsonl)")
     args = p.parse_args(argv)
     if any(args.out.resolve() == f.resolve() for f in args.problems):

@@ -48,8 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = p.add_argument_group("problems")
     data.add_argument("--problems", nargs="+", required=True, metavar="FILE",
                       help="problem files (.json, .jsonl, .parquet: LiveCodeBench, TACO, DeepCoder, sandbox rows)")
-    data.add_argument("--window", default="", type=window_arg, help="contest dates START:END (ISO, inclusive) or lcb_v5 / lcb_v6 "
-                                                   "(default: every problem)")
+    data.add_argument("--window", default="", type=window_arg,
+                      help="contest dates START:END (ISO, inclusive) or lcb_v5 / lcb_v6 (default: every problem)")
     data.add_argument("--difficulty", nargs="+", default=(), metavar="D", help="keep only these difficulties")
     data.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep problems with the same text")
     data.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")

@@ -62,8 +62,7 @@ async def evaluate(client, pool, tokenizer, prompts: Sequence[tuple], *, n: int,
     if not prompts:
         raise EvaluationError("no problems to evaluate (check the files, the window and the filters)")
     ids = [rec.id for rec, _ in prompts]
-    if len(set(ids)) != len(ids):
-        raise EvaluationError(f"problem ids repeat: {sorted(i for i, c in Counter(ids).items() if c > 1)[:5]}")
+    _refuse_repeats(ids, "")
     setup = {"n": n, "seed": seed, "sampling": dict(sampling), "context_length": context_length,
              "reward": dataclasses.asdict(settings), "sandbox": sandbox_mode(pool), "meta": dict(meta or {})}
     start = time.perf_counter()
@@ -201,7 +200,7 @@ def _resume(out: Path, setup: dict, ids: set[str], n: int) -> dict[str, list[dic
         return {}
     try:
         old = json.loads(results_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise EvaluationError(f"{results_path}: unreadable ({e}); move it away or use another out folder") from None
     if not isinstance(old, dict):
         raise EvaluationError(f"{results_path}: not an rl.evaluate results file (expected a JSON object); "
@@ -221,7 +220,7 @@ def _resume(out: Path, setup: dict, ids: set[str], n: int) -> dict[str, list[dic
                 key, index = line["problem"], line["index"]
                 if not all(k in line for k in _SUMMARY):
                     continue
-            except (json.JSONDecodeError, TypeError, KeyError):
+            except (ValueError, RecursionError, TypeError, KeyError):
                 continue  # a line cut short by a crash: its problem is redone
             if isinstance(key, str) and key in ids and isinstance(index, int) and 0 <= index < n:
                 groups.setdefault(key, {})[index] = raw, line
@@ -244,7 +243,7 @@ def load_results(path) -> dict:
         results = json.loads(file.read_text())
     except FileNotFoundError:
         raise EvaluationError(f"{file}: not found (is {path} an rl.evaluate --out folder?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise EvaluationError(f"{file}: unreadable ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(results, dict) or not isinstance(results.get("problems"), list):
         raise EvaluationError(f"{file}: not an rl.evaluate results file (no 'problems' list)")
@@ -252,11 +251,14 @@ def load_results(path) -> dict:
         if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("n"), int)
                 and isinstance(row.get("c"), int) and 0 <= row["c"] <= row["n"] and row["n"] >= 1):
             raise EvaluationError(f"{file}: problems[{i}]: expected an object with id, n >= 1 and 0 <= c <= n")
-    ids = Counter(row["id"] for row in results["problems"])
-    if len(ids) < len(results["problems"]):  # a paired comparison needs one row per problem
-        raise EvaluationError(f"{file}: problem ids repeat: {sorted(i for i, c in ids.items() if c > 1)[:5]}")
+    _refuse_repeats([row["id"] for row in results["problems"]], f"{file}: ")  # pairs need one row per problem
     results["path"] = str(file.parent)
     return results
+
+
+def _refuse_repeats(ids: list[str], where: str) -> None:
+    if len(set(ids)) != len(ids):
+        raise EvaluationError(f"{where}problem ids repeat: {sorted(i for i, c in Counter(ids).items() if c > 1)[:5]}")
 
 
 def read_samples(folder, problems: set[str] | None = None) -> list[dict]:
@@ -266,7 +268,7 @@ def read_samples(folder, problems: set[str] | None = None) -> list[dict]:
         for raw in f:
             try:
                 line = json.loads(raw)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):
                 continue
             if not (isinstance(line, dict) and isinstance(line.get("problem"), str)
                     and isinstance(line.get("index"), int)):

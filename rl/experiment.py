@@ -216,10 +216,20 @@ class Experiment:
         return cls().replace(**data)
 
     @classmethod
+    def from_file(cls, path: Path, source: str | None = None) -> "Experiment":
+        """A saved config.json (`source` names it in errors; default: the path)."""
+        source = source or str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ExperimentError(f"{source}: unreadable ({e})") from None
+        return cls.from_json(text, source)
+
+    @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> "Experiment":
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:
             raise ExperimentError(f"{source}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
         return cls.from_dict(data, source)
 
@@ -441,7 +451,7 @@ def validate(exp: Experiment, source: Source | str = "<experiment>", *, devices:
     check("name", bool(exp.name) and "/" not in exp.name and "\0" not in exp.name and exp.name not in (".", "..")
           and len(exp.name.encode("utf-8", "surrogatepass")) <= 255,
           f"a run needs a name usable as a folder name (at most 255 bytes, no '/'), got {exp.name!r}")
-    check("seed", 0 <= exp.seed < 2**31, f"must be in [0, 2**31), got {exp.seed}")  # jax and numpy seeds
+    check("seed", 0 <= exp.seed < 2**31, f"must be in [0, 2**31), got {exp.seed}")  # fits every seed argument
 
     check("model.path", bool(m.path), "empty: point it at a local Hugging Face folder (--set model.path=DIR)")
     for key, value, allowed in (("model.dtype", m.dtype, DTYPES), ("model.param_dtype", m.param_dtype, DTYPES),
@@ -693,11 +703,7 @@ def load(spec: str, overrides: list[str] = (), *, validated: bool = True) -> tup
     the device count). Its name is the file's stem; a saved config.json keeps the name it holds."""
     path = resolve_path(spec)
     if path.suffix == ".json":
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ExperimentError(f"{_display(path)}: unreadable ({e})") from None
-        exp = Experiment.from_json(text, _display(path))
+        exp = Experiment.from_file(path, _display(path))
         source = Source(files=(path,))
     else:
         module = _import_experiment(path)

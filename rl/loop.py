@@ -73,10 +73,7 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
         stream = ProblemStream(len(train.prompts), seed=exp.seed)
         if extra is not None:
             stream.restore(extra["data"])
-            step, version, best = extra["step"], extra["weight_version"], extra.get("best", {})
-            if not (isinstance(best, dict) and isinstance(best.get("pass@1", 0.0), (int, float))):
-                raise ValueError(f"{ckpt.directory}: checkpoint step {step}'s best is {best!r}, not "
-                                 "{\"step\": ..., \"pass@1\": ...}")
+            step, version, best = extra["step"], extra["weight_version"], extra.get("best") or {}
             say(f"resumed at step {step} from {ckpt.directory}")
         else:
             step, version, best = 0, 0, {}
@@ -229,7 +226,13 @@ def _follow(exp: Experiment, run_dir: Path) -> None:
         ckpt.close()
 
 
-EXTRA_FIELDS = {"step": int, "weight_version": int, "data": dict}  # the loop's state in a checkpoint
+def _best_or_absent(value) -> bool:
+    """{"step": ..., "pass@1": ...} or absent"""
+    return value is None or isinstance(value, dict) and isinstance(value.get("pass@1", 0.0), (int, float))
+
+
+# The loop's state in a checkpoint: one that does not hold it is skipped, as an unreadable one is.
+EXTRA_FIELDS = {"step": int, "weight_version": int, "data": ProblemStream.is_position, "best": _best_or_absent}
 
 
 def _train_state(exp: Experiment, run_dir: Path):

@@ -31,10 +31,10 @@ def _read(path: Path) -> tuple[list[dict], int]:
     """(well-formed rows, count of other non-blank lines) of a metrics file."""
     rows, bad = [], 0
     if path.exists():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in path.read_bytes().splitlines():
             try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
+                row = json.loads(line)  # bytes: a line that is not UTF-8 is a bad line, not a changed one
+            except (ValueError, RecursionError):
                 row = None
             if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
                 rows.append(row)

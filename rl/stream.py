@@ -42,7 +42,10 @@ class ProblemStream:
         if position.get("size", self.size) != self.size or position.get("seed", self.seed) != self.seed:
             raise ValueError(f"the checkpoint's data position {position} is for a different problem set or "
                              f"seed (now {self.size} problems, seed {self.seed})")
-        epoch, offset = position.get("epoch"), position.get("offset")
-        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (epoch, offset)):
-            raise ValueError(f"the checkpoint's data position {position} needs integer epoch and offset >= 0")
-        self.epoch, self.offset = epoch, offset
+        self.epoch, self.offset = position["epoch"], position["offset"]
+
+    @staticmethod
+    def is_position(value) -> bool:
+        """a data position: {"epoch": int >= 0, "offset": int >= 0, ...}"""
+        return isinstance(value, dict) and all(
+            type(value.get(k)) is int and value[k] >= 0 for k in ("epoch", "offset"))

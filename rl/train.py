@@ -61,8 +61,8 @@ def save_config(exp: Experiment, run_dir: Path) -> Path:
 def _save_config(exp: Experiment, run_dir: Path, path: Path) -> Path:
     if path.exists():
         try:
-            old = Experiment.from_json(path.read_text(), str(path))
-        except (ExperimentError, UnicodeDecodeError) as e:
+            old = Experiment.from_file(path)
+        except ExperimentError as e:
             raise ExperimentError(f"{path} exists and is not a readable config ({e}); "
                                   f"move it away or choose another --run-dir") from None
         if old != exp:

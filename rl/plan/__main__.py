@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="v5p-8, v6e-8, v5p:2x2x2, cpu:8, ... (repeatable; default v5p-8)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override one experiment setting (repeatable), as rl.train does")
-    p.add_argument("--mfu", type=number(float), default=0.4, help="model FLOPs utilisation for the step time (default 0.4)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step time (default 0.4)")
     p.add_argument("--hbm", type=number(float), default=None, metavar="GB",
                    help="memory per device in GB (default: the chip's; cpu:N: 80, an H100 80 GB)")
     p.add_argument("--peak", type=number(float), default=None, metavar="TFLOPS",

@@ -231,3 +231,9 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
     (tmp_path / "config.json").write_bytes(b"\xff")
     with pytest.raises(models.ConfigError, match="config.json: not valid JSON"):
         models.ModelConfig.from_file(tmp_path)
+
+
+@pytest.mark.parametrize("key", ["max_position_embeddings", "num_key_value_heads", "head_dim"])
+def test_zero_is_refused_not_replaced_by_a_default(key):
+    with pytest.raises(models.ConfigError, match=f"{key} must be an integer >= 1, got 0"):
+        models.ModelConfig.from_hf_dict({**QWEN3_14B, key: 0})

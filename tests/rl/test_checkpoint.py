@@ -12,7 +12,7 @@ from rl.trainer import EXPORT_MARKER
 from trainer_setup import CFG, assert_trees_close, experiment, initial_params, mesh_2x2x2, samples, single_device_mesh
 from trainer_setup import trainer as make_trainer
 
-EXTRA = {"data": {"epoch": 1, "offset": 48, "seed": 7}, "weight_version": 1}
+EXTRA = {"step": 1, "data": {"epoch": 1, "offset": 48, "seed": 7}, "weight_version": 1}
 
 
 def _continue(trainer, state, batch, n=2):
@@ -98,8 +98,12 @@ def test_unreadable_checkpoint_is_set_aside_so_its_step_saves_again(saved_run, t
     again.close()
 
 
-@pytest.mark.parametrize("extra", [{}, {**EXTRA, "weight_version": "six"}])
+@pytest.mark.parametrize("extra", [{}, {**EXTRA, "weight_version": "six"}, {**EXTRA, "data": {"offset": 0}},
+                                   {**EXTRA, "data": {"epoch": "1", "offset": 0}}, {**EXTRA, "best": [1]}])
 def test_checkpoint_with_wrong_loop_fields_is_skipped(saved_run, tmp_path, extra):
+    """Wrong types of the loop's fields (a data position without an epoch, a best that is a list) raised
+    KeyError / AttributeError mid-resume; such a checkpoint is skipped as an unreadable one is."""
+    from rl.loop import EXTRA_FIELDS
     directory = tmp_path / "checkpoints"
     shutil.copytree(saved_run["directory"] / "1", directory / "1")
     trainer = saved_run["trainer"]
@@ -108,7 +112,7 @@ def test_checkpoint_with_wrong_loop_fields_is_skipped(saved_run, tmp_path, extra
     ckpt.save(state, extra, step=2)
     ckpt.wait()
     with pytest.warns(UserWarning, match="checkpoints/2"):
-        _, got = ckpt.restore(trainer.abstract_state(), extra_fields={"weight_version": int, "data": dict})
+        _, got = ckpt.restore(trainer.abstract_state(), extra_fields=EXTRA_FIELDS)
     ckpt.close()
     assert got == EXTRA  # step 1's
 
