@@ -43,8 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (1 is timed too)")
     p.add_argument("--quick", action="store_true", help="small model, 32 new tokens")
     p.add_argument("--steps-only", action="store_true",
-                   help="only time one decode step: scanned layers, the unrolled loop and its previous cache "
-                        "layout (no transformers)")
+                   help="only time one decode step: scanned layers, the unrolled loop, and that loop over "
+                        "[in, out] weights as before 2026-12-04 (no transformers)")
     return p.parse_args(argv)
 
 
@@ -75,39 +75,28 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> tuple[float, str]:
 
 def decode_steps(params, cfg, B: int, S: int, repeats: int) -> dict[str, float]:
     """One KV-cache decode step three ways, timed interleaved; returns the best time of each:
-    scan:       `hidden_states` (lax.scan over the stacked layers, as training runs);
-    unrolled:   `models.decode` (layers sliced once, loop unrolled, per-layer [B, K, S, H] caches,
-                logits with the unembedding as the left operand);
-    scan-layout: the unrolled loop as it was before 2026-12-03, its reference: per-layer caches in the
-                scan's [1, B, S, K, H] layout (attention transposes each one every step) and B x V logits."""
+    scan:     `hidden_states` (lax.scan over the stacked layers, as training runs);
+    unrolled: `models.decode` (layers sliced once into [out, in] weights, loop unrolled, per-layer
+              [B, K, S, H] caches, each weight the left operand of its dot);
+    in-out:   its reference, the unrolled loop as it was before 2026-12-04: the same, over weights in
+              the training [in, out] layout (x @ W)."""
     from models.decode import decode_logits, hidden_states_unrolled, split_cache, unstack_layers
-    from models.layers import rms_norm, rope_tables
-    from models.transformer import _decoder_layer, hidden_states, init_cache, unembedding
+    from models.layers import dense
+    from models.transformer import hidden_states, init_cache, unembedding
 
     tokens, valid, pos = jnp.ones((B, 1), jnp.int32), jnp.ones((B, S), jnp.int32), jnp.full((B, 1), S // 2)
 
-    def scan_layout(weights, cfg, tokens, valid, pos, caches, q_offset):
-        x_BTD, (cos, sin) = weights["embed"].astype(cfg.dtype)[tokens], rope_tables(cfg, pos)
-        new = []
-        for layer, cache in zip(weights["layers"], caches):
-            x_BTD, cache = _decoder_layer(cfg, x_BTD, layer, cos, sin, valid, q_offset, cache, 0)
-            new.append(cache)
-        return rms_norm(x_BTD, weights["final_norm"], cfg.rms_norm_eps), new
-
-    def step(forward, head):  # the step's whole read: every layer, then the unembedding
+    def step(forward):  # the step's whole read: every layer, then the unembedding
         def run(weights, cache):
             h_B1D, cache = forward(weights, cfg, tokens, valid, pos, cache, S // 2)
-            return head(h_B1D[:, 0], unembedding(weights, cfg)), cache
+            return decode_logits(h_B1D[:, 0], unembedding(weights, cfg)), cache
         return jax.jit(run, donate_argnums=1)
 
-    def b_by_v(h_BD, w_VD):
-        return jnp.einsum("BD,VD->BV", h_BD, w_VD, preferred_element_type=jnp.float32)
-
-    layers, cache = jax.jit(unstack_layers)(params), init_cache(cfg, B, S)
-    sides = {"scan": [step(hidden_states, decode_logits), params, cache],
-             "scan-layout": [step(scan_layout, b_by_v), layers,
-                             [{n: c[i:i + 1] for n, c in cache.items()} for i in range(cfg.num_layers)]],
-             "unrolled": [step(hidden_states_unrolled, decode_logits), layers, split_cache(cache)]}
+    in_out = {**params, "layers": [jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(cfg.num_layers)]}
+    cache = init_cache(cfg, B, S)
+    sides = {"scan": [step(hidden_states), params, cache],
+             "in-out": [step(functools.partial(hidden_states_unrolled, matmul=dense)), in_out, split_cache(cache)],
+             "unrolled": [step(hidden_states_unrolled), jax.jit(unstack_layers)(params), split_cache(cache)]}
     times = {name: [] for name in sides}
     for i in range(repeats + 2):
         for name, side in sides.items():
@@ -118,10 +107,10 @@ def decode_steps(params, cfg, B: int, S: int, repeats: int) -> dict[str, float]:
             if i >= 2:  # the first two calls compile and warm up
                 times[name].append(time.perf_counter() - t0)
     best = {name: min(t) for name, t in times.items()}
-    pairs = np.array(times["unrolled"]) / np.array(times["scan-layout"])
+    pairs = np.array(times["unrolled"]) / np.array(times["in-out"])
     print(f"one decode step, batch {B}, cache {S} (best of {repeats}, interleaved): scan {best['scan'] * 1e3:.1f} ms, "
-          f"unrolled {best['unrolled'] * 1e3:.1f} ms ({best['scan'] / best['unrolled']:.2f}x faster); unrolled in "
-          f"the scan's cache layout {best['scan-layout'] * 1e3:.1f} ms: unrolled / that, per interleaved pair, "
+          f"unrolled {best['unrolled'] * 1e3:.1f} ms ({best['scan'] / best['unrolled']:.2f}x faster); unrolled over "
+          f"[in, out] weights {best['in-out'] * 1e3:.1f} ms: unrolled / that, per interleaved pair, "
           f"median {np.median(pairs):.3f}, lower in {np.mean(pairs < 1):.0%} of pairs")
     return best
 

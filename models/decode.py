@@ -6,11 +6,16 @@ sliced once per weight version (`unstack_layers`), each layer has its own cache 
 layer loop is unrolled inside the jitted step: every weight is read once, in place. Training and
 prefill keep the scan (`models.transformer.hidden_states`), whose compile time does not grow with depth.
 
+Each matmul weight is stored [out..., in...] (the Hugging Face layout) and is the left operand of its
+dot while a call has few rows (`dense_out_in`).
+
 The per-layer caches are laid out [B, K, S, H], the layout attention's batched dots read: a
 one-token step then reads each cache in place instead of transposing all of it (a copy of every
 layer's keys and values per step in the [B, S, K, H] layout the scan keeps).
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +34,37 @@ def decode_logits(h_BD, unembed_VD) -> jax.Array:
     return jax.lax.optimization_barrier(logits_VB).T  # else XLA folds the transpose back into the dot
 
 
+# How many leading axes of each stacked matmul weight (after "layers") are its inputs.
+IN_AXES = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
+LEFT_MAX_ROWS = 128  # measured crossover on the ~100M model's MLP (docs/performance.md)
+
+
+def dense_out_in(x, w, contract: int = 1) -> jax.Array:
+    """`models.layers.dense` over a weight laid out [out..., in...]: the last `contract` axes of x
+    against the last ones of w.
+
+    Up to LEFT_MAX_ROWS rows the weight is the dot's left operand, [O, I] @ [I, M], and the small
+    result is transposed: XLA's CPU dot streams the weight in place, 1.6-1.7x faster than x @ [I, O]
+    at 8 rows. With more rows the plain product is faster (the weight is transposed once for all).
+    """
+    lead, out, inner = x.shape[:x.ndim - contract], w.shape[:w.ndim - contract], w.shape[w.ndim - contract:]
+    x_MI, w_OI = x.reshape(-1, math.prod(inner)), w.reshape(-1, math.prod(inner))
+    if x_MI.shape[0] <= LEFT_MAX_ROWS:  # the barrier keeps XLA from folding the transpose back into the dot
+        y_MO = jax.lax.optimization_barrier(jnp.einsum("OI,MI->OM", w_OI, x_MI)).T
+    else:
+        y_MO = jnp.einsum("MI,OI->MO", x_MI, w_OI)
+    return y_MO.reshape(*lead, *out)
+
+
 def unstack_layers(params) -> dict:
-    """params with "layers" as a list of per-layer dicts (one slice of every stacked weight)."""
+    """params with "layers" as a list of per-layer dicts in the decode layout: one slice of every
+    stacked weight, the matmul weights (IN_AXES) transposed to [out..., in...]."""
+    def one(name, w):
+        n = IN_AXES.get(name, 0)
+        return w.transpose(*range(n, w.ndim), *range(n)) if n else w
+
     num_layers = jax.tree.leaves(params["layers"])[0].shape[0]
-    layers = [jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(num_layers)]
+    layers = [{name: one(name, w[i]) for name, w in params["layers"].items()} for i in range(num_layers)]
     return {**params, "layers": layers}
 
 
@@ -48,26 +80,27 @@ def init_layer_caches(cfg: ModelConfig, batch: int, length: int) -> list[dict]:
 
 
 def hidden_states_unrolled(weights, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, caches: list[dict],
-                           q_offset=0, slots_B=None):
+                           q_offset=0, slots_B=None, matmul=dense_out_in):
     """As `models.transformer.hidden_states` with a cache, over `unstack_layers` weights and per-layer
     [B, K, S, H] caches.
 
     The new keys and values are written at slots q_offset.. of every row, or (one token per row) at
     each row's slot slots_B; kv_valid covers all S slots. Returns the final-normed hidden states
-    [B, T, D] and the updated caches.
+    [B, T, D] and the updated caches. (matmul=`models.layers.dense` runs per-layer slices in the
+    training layout instead, as benchmarks/decode.py compares.)
     """
     x_BTD = weights["embed"].astype(cfg.dtype)[tokens_BT]
     cos, sin = rope_tables(cfg, positions_BT)
     new_caches = []
     for layer, cache in zip(weights["layers"], caches):
-        x_BTD, cache = _layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, slots_B)
+        x_BTD, cache = _layer(cfg, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, slots_B, matmul)
         new_caches.append(cache)
     return rms_norm(x_BTD, weights["final_norm"], cfg.rms_norm_eps), new_caches
 
 
-def _layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, slots_B):
+def _layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, slots_B, matmul):
     layer = jax.tree.map(lambda w: w.astype(cfg.dtype), layer)
-    q_BTNH, k_BTKH, v_BTKH = layer_qkv(cfg, x_BTD, layer, cos, sin)
+    q_BTNH, k_BTKH, v_BTKH = layer_qkv(cfg, x_BTD, layer, cos, sin, matmul)
     k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
     # Write before anything reads the cache, so XLA updates it in place (reading first copied it).
     if slots_B is None:
@@ -83,4 +116,4 @@ def _layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cach
     else:  # a prefill: any attention path, over the cache in the [B, S, K, H] layout they take
         attn_BTNH = attention(cfg, q_BTNH, cache["k"].transpose(0, 2, 1, 3), cache["v"].transpose(0, 2, 1, 3),
                               q_offset, kv_valid_BS)
-    return layer_output(cfg, x_BTD, attn_BTNH, layer), cache
+    return layer_output(cfg, x_BTD, attn_BTNH, layer, matmul), cache

@@ -40,6 +40,6 @@ def dense(x, w, contract: int = 1) -> jax.Array:
     return jnp.einsum("MI,IO->MO", x_MI, w_IO).reshape(*lead, *out)
 
 
-def swiglu_mlp(x_BTD: jax.Array, gate_DF: jax.Array, up_DF: jax.Array, down_FD: jax.Array) -> jax.Array:
-    gate_BTF, up_BTF = dense(x_BTD, gate_DF), dense(x_BTD, up_DF)
-    return dense(jax.nn.silu(gate_BTF) * up_BTF, down_FD)
+def swiglu_mlp(x_BTD: jax.Array, gate_DF: jax.Array, up_DF: jax.Array, down_FD: jax.Array, matmul=dense) -> jax.Array:
+    gate_BTF, up_BTF = matmul(x_BTD, gate_DF), matmul(x_BTD, up_DF)
+    return matmul(jax.nn.silu(gate_BTF) * up_BTF, down_FD)

@@ -62,10 +62,11 @@ def _decoder_layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offs
     return layer_output(cfg, x_BTD, attn_BTNH, layer), cache
 
 
-def layer_qkv(cfg: ModelConfig, x_BTD, layer, cos, sin):
-    """A layer's queries [B, T, N, H] and keys [B, T, K, H] (normed, rotated) and values [B, T, K, H]."""
+def layer_qkv(cfg: ModelConfig, x_BTD, layer, cos, sin, matmul=dense):
+    """A layer's queries [B, T, N, H] and keys [B, T, K, H] (normed, rotated) and values [B, T, K, H].
+    `matmul` is `dense` or, over decode-layout weights, `models.decode.dense_out_in`."""
     h_BTD = rms_norm(x_BTD, layer["attn_norm"], cfg.rms_norm_eps)
-    q_BTNH, k_BTKH, v_BTKH = dense(h_BTD, layer["q"]), dense(h_BTD, layer["k"]), dense(h_BTD, layer["v"])
+    q_BTNH, k_BTKH, v_BTKH = matmul(h_BTD, layer["q"]), matmul(h_BTD, layer["k"]), matmul(h_BTD, layer["v"])
     if cfg.attention_bias:
         q_BTNH, k_BTKH, v_BTKH = q_BTNH + layer["q_bias"], k_BTKH + layer["k_bias"], v_BTKH + layer["v_bias"]
     if cfg.qk_norm:
@@ -74,11 +75,11 @@ def layer_qkv(cfg: ModelConfig, x_BTD, layer, cos, sin):
     return apply_rope(q_BTNH, cos, sin), apply_rope(k_BTKH, cos, sin), v_BTKH
 
 
-def layer_output(cfg: ModelConfig, x_BTD, attn_BTNH, layer):
+def layer_output(cfg: ModelConfig, x_BTD, attn_BTNH, layer, matmul=dense):
     """The rest of a layer after attention: output projection, residual, MLP block, residual."""
-    x_BTD = x_BTD + dense(attn_BTNH, layer["o"], contract=2)
+    x_BTD = x_BTD + matmul(attn_BTNH, layer["o"], contract=2)
     h_BTD = rms_norm(x_BTD, layer["mlp_norm"], cfg.rms_norm_eps)
-    return x_BTD + swiglu_mlp(h_BTD, layer["gate"], layer["up"], layer["down"])
+    return x_BTD + swiglu_mlp(h_BTD, layer["gate"], layer["up"], layer["down"], matmul)
 
 
 def hidden_states(params, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, cache=None, q_offset=0, *,

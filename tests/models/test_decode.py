@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import models
-from models.decode import decode_logits, hidden_states_unrolled, split_cache, unstack_layers
+from models.decode import LEFT_MAX_ROWS, decode_logits, dense_out_in, hidden_states_unrolled, split_cache, unstack_layers
+from models.layers import dense
 from models.transformer import hidden_states, init_cache
 
 
@@ -19,6 +20,50 @@ def test_decode_logits_equal_the_plain_product(B, dtype):
     assert logits.shape == (B, 200) and logits.dtype == jnp.float32
     want = np.asarray(h_BD, np.float64) @ np.asarray(w_VD, np.float64).T
     np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 8, LEFT_MAX_ROWS, LEFT_MAX_ROWS + 1])
+@pytest.mark.parametrize("contract", [1, 2])
+def test_dense_out_in_equals_dense_over_the_transposed_weight(rows, contract):
+    """Both of its forms (weight on the left up to LEFT_MAX_ROWS rows, on the right past it)."""
+    rng = np.random.default_rng(rows)
+    in_shape, out_shape = ((24,), (3, 8)) if contract == 1 else ((3, 8), (24,))
+    x = jnp.asarray(rng.standard_normal((rows, 1, *in_shape)), jnp.float32)
+    w_in_out = jnp.asarray(rng.standard_normal((*in_shape, *out_shape)), jnp.float32)
+    w_out_in = w_in_out.transpose(*range(contract, w_in_out.ndim), *range(contract))
+    got = jax.jit(dense_out_in, static_argnums=2)(x, w_out_in, contract)
+    assert got.shape == (rows, 1, *out_shape)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(dense(x, w_in_out, contract)), rtol=1e-5, atol=1e-5)
+
+
+def test_unstack_layers_puts_every_matmul_weight_out_before_in(hf_model):
+    folder, _ = hf_model("qwen2_tied")
+    cfg, params = models.load_hf(folder)
+    layers = unstack_layers(params)["layers"]
+    assert len(layers) == cfg.num_layers
+    D, N, K, H, F = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+    want = {"q": (N, H, D), "k": (K, H, D), "v": (K, H, D), "o": (D, N, H), "gate": (F, D), "up": (F, D),
+            "down": (D, F), "q_bias": (N, H), "attn_norm": (D,)}
+    for name, shape in want.items():
+        assert layers[-1][name].shape == shape, name
+    np.testing.assert_array_equal(np.asarray(layers[-1]["o"]), np.asarray(params["layers"]["o"][-1]).transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("variant", ["qwen2_tied", "qwen3_yarn"])
+def test_unrolled_prefill_equals_the_scanned_one(hf_model, variant):
+    """A prefill of more rows than LEFT_MAX_ROWS (the plain product) and of fewer (the weight on the left)."""
+    folder, _ = hf_model(variant)
+    cfg, params = models.load_hf(folder)
+    weights = unstack_layers(params)
+    rng = np.random.default_rng(2)
+    for B, P in ((2, 5), (3, LEFT_MAX_ROWS // 2)):
+        tokens = jnp.asarray(rng.integers(1, cfg.vocab_size, (B, P)))
+        pos, valid = jnp.broadcast_to(jnp.arange(P), (B, P)), jnp.ones((B, P), jnp.int32)
+        h_scan, cache = hidden_states(params, cfg, tokens, valid, pos, init_cache(cfg, B, P))
+        h_loop, caches = hidden_states_unrolled(weights, cfg, tokens, valid, pos, split_cache(init_cache(cfg, B, P)))
+        np.testing.assert_allclose(np.asarray(h_loop), np.asarray(h_scan), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(caches[-1]["v"]), np.asarray(cache["v"][-1]).transpose(0, 2, 1, 3),
+                                   rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", ["qwen2_tied", "qwen3_yarn"])

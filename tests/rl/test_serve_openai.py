@@ -55,8 +55,9 @@ def test_chat_uses_the_template_with_logprobs_n_and_streaming(served, client):
                               "sampling_params": {"max_new_tokens": 5, "temperature": 0.0, "ignore_eos": True}})
     for choice in out.choices:
         assert choice.message.role == "assistant" and choice.message.content == native["text"]
+        # n=2 decodes two rows, the native call one: the dots sum in a different order (float32 rounding)
         np.testing.assert_allclose([t.logprob for t in choice.logprobs.content],
-                                   [lp for lp, _, _ in native["meta_info"]["output_token_logprobs"]], atol=1e-6)
+                                   [lp for lp, _, _ in native["meta_info"]["output_token_logprobs"]], atol=2e-5)
         assert all(len(t.top_logprobs) == 3 for t in choice.logprobs.content)
     chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0.0,
                                                  stream=True, extra_body={"ignore_eos": True}))
