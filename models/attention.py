@@ -29,15 +29,16 @@ def reference_attention(q_BTNH, k_BSKH, v_BSKH, q_offset, kv_valid_BS, *, q_segm
                                     kv_valid_BS, q_segment_BT=q_segment_BT, kv_segment_BS=kv_segment_BS)
 
 
-def reference_attention_bksh(q_BTNH, k_BKSH, v_BKSH, q_offset, kv_valid_BS, *, q_segment_BT=None,
-                             kv_segment_BS=None):
-    """`reference_attention` over keys and values laid out [B, K, S, H], as models.decode keeps its caches."""
+def reference_attention_bksh(q_BTNH, k, v_BKSH, q_offset, kv_valid_BS, *, q_segment_BT=None,
+                             kv_segment_BS=None, key_axes: str = "BKSH"):
+    """`reference_attention` over values laid out [B, K, S, H] and keys laid out `key_axes`: "BKSH", or
+    "BKHS" as models.decode keeps its key caches (the scores dot then reads them in place)."""
     B, T, N, H = q_BTNH.shape
-    K = k_BKSH.shape[1]
+    K = k.shape[1]
     q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-    scores_BKGTS = jnp.einsum("BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH,
+    scores_BKGTS = jnp.einsum(f"BKGTH,{key_axes}->BKGTS", q_BKGTH, k,
                               preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(H))
-    visible_BTS = causal_visibility(T, k_BKSH.shape[2], q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)
+    visible_BTS = causal_visibility(T, v_BKSH.shape[2], q_offset, kv_valid_BS, q_segment_BT, kv_segment_BS)
     scores_BKGTS = jnp.where(visible_BTS[:, None, None], scores_BKGTS, MASKED)
     probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BKSH.dtype)
     out_BKGTH = jnp.einsum("BKGTS,BKSH->BKGTH", probs_BKGTS, v_BKSH)

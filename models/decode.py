@@ -9,9 +9,9 @@ prefill keep the scan (`models.transformer.hidden_states`), whose compile time d
 Each matmul weight is stored [out..., in...] (the Hugging Face layout) and is the left operand of its
 dot while a call has few rows (`dense_out_in`).
 
-The per-layer caches are laid out [B, K, S, H], the layout attention's batched dots read: a
-one-token step then reads each cache in place instead of transposing all of it (a copy of every
-layer's keys and values per step in the [B, S, K, H] layout the scan keeps).
+The per-layer caches hold keys [B, K, H, S] and values [B, K, S, H], the layouts attention's two
+batched dots read: a one-token step then reads each cache in place instead of transposing or packing
+all of it (`SLOT_AXIS` says where the slots lie).
 """
 from __future__ import annotations
 
@@ -68,21 +68,26 @@ def unstack_layers(params) -> dict:
     return {**params, "layers": layers}
 
 
+SLOT_AXIS = {"k": 3, "v": 2}  # keys [B, K, H, S], values [B, K, S, H]
+_FROM_BSKH = {"k": (0, 2, 3, 1), "v": (0, 2, 1, 3)}
+
+
 def split_cache(cache_LBSKH: dict) -> list[dict]:
-    """A stacked {"k", "v"} [L, B, S, K, H] cache (the scan's) as L caches of [B, K, S, H]."""
-    return [{name: c[i].transpose(0, 2, 1, 3) for name, c in cache_LBSKH.items()}
+    """A stacked {"k", "v"} [L, B, S, K, H] cache (the scan's) as L per-layer caches in the decode layout."""
+    return [{name: c[i].transpose(_FROM_BSKH[name]) for name, c in cache_LBSKH.items()}
             for i in range(cache_LBSKH["k"].shape[0])]
 
 
 def init_layer_caches(cfg: ModelConfig, batch: int, length: int) -> list[dict]:
-    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
-    return [{"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)} for _ in range(cfg.num_layers)]
+    B, K, S, H = batch, cfg.num_kv_heads, length, cfg.head_dim
+    return [{"k": jnp.zeros((B, K, H, S), cfg.dtype), "v": jnp.zeros((B, K, S, H), cfg.dtype)}
+            for _ in range(cfg.num_layers)]
 
 
 def hidden_states_unrolled(weights, cfg: ModelConfig, tokens_BT, kv_valid_BS, positions_BT, caches: list[dict],
                            q_offset=0, slots_B=None, matmul=dense_out_in):
     """As `models.transformer.hidden_states` with a cache, over `unstack_layers` weights and per-layer
-    [B, K, S, H] caches.
+    caches (keys [B, K, H, S], values [B, K, S, H]).
 
     The new keys and values are written at slots q_offset.. of every row, or (one token per row) at
     each row's slot slots_B; kv_valid covers all S slots. Returns the final-normed hidden states
@@ -101,19 +106,19 @@ def hidden_states_unrolled(weights, cfg: ModelConfig, tokens_BT, kv_valid_BS, po
 def _layer(cfg: ModelConfig, x_BTD, layer, cos, sin, kv_valid_BS, q_offset, cache, slots_B, matmul):
     layer = jax.tree.map(lambda w: w.astype(cfg.dtype), layer)
     q_BTNH, k_BTKH, v_BTKH = layer_qkv(cfg, x_BTD, layer, cos, sin, matmul)
-    k_BKTH, v_BKTH = k_BTKH.transpose(0, 2, 1, 3), v_BTKH.transpose(0, 2, 1, 3)
+    k_BKHT, v_BKTH = k_BTKH.transpose(0, 2, 3, 1), v_BTKH.transpose(0, 2, 1, 3)
     # Write before anything reads the cache, so XLA updates it in place (reading first copied it).
     if slots_B is None:
-        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BKTH, (0, 0, q_offset, 0)),
+        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BKHT, (0, 0, 0, q_offset)),
                  "v": jax.lax.dynamic_update_slice(cache["v"], v_BKTH, (0, 0, q_offset, 0))}
     else:  # one token per row at its own slot: every slot is causally visible, kv_valid_BS says which count
         rows_B = jnp.arange(x_BTD.shape[0])
-        cache = {"k": cache["k"].at[rows_B, :, slots_B].set(k_BKTH[:, :, 0]),
+        cache = {"k": cache["k"].at[rows_B, :, :, slots_B].set(k_BKHT[..., 0]),
                  "v": cache["v"].at[rows_B, :, slots_B].set(v_BKTH[:, :, 0])}
-        q_offset = cache["k"].shape[2] - 1
+        q_offset = cache["v"].shape[2] - 1
     if x_BTD.shape[1] == 1:  # a decode step: read the cache as it lies
-        attn_BTNH = reference_attention_bksh(q_BTNH, cache["k"], cache["v"], q_offset, kv_valid_BS)
+        attn_BTNH = reference_attention_bksh(q_BTNH, cache["k"], cache["v"], q_offset, kv_valid_BS, key_axes="BKHS")
     else:  # a prefill: any attention path, over the cache in the [B, S, K, H] layout they take
-        attn_BTNH = attention(cfg, q_BTNH, cache["k"].transpose(0, 2, 1, 3), cache["v"].transpose(0, 2, 1, 3),
+        attn_BTNH = attention(cfg, q_BTNH, cache["k"].transpose(0, 3, 1, 2), cache["v"].transpose(0, 2, 1, 3),
                               q_offset, kv_valid_BS)
     return layer_output(cfg, x_BTD, attn_BTNH, layer, matmul), cache

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.config import ModelConfig
-from models.decode import decode_logits, hidden_states_unrolled, init_layer_caches, unstack_layers
+from models.decode import SLOT_AXIS, decode_logits, hidden_states_unrolled, init_layer_caches, unstack_layers
 from models.sampler import GREEDY_BELOW, SamplingParams, bucket, needs_filtering, sample_tokens
 from models.logprobs import chunked_logprobs
 from models.transformer import unembedding
@@ -274,7 +274,7 @@ class Engine:
         at the new width; S, the slots per row, follows the longest row in powers of two.
         """
         active = [b for b in range(self.slots) if self._rows[b] is not None]
-        W_have, _, S_have, _ = self._caches[0]["k"].shape if self._caches else (0, 0, 0, 0)
+        W_have, _, S_have, _ = self._caches[0]["v"].shape if self._caches else (0, 0, 0, 0)
         S = max(MIN_CACHE, bucket(longest + 1, MIN_CACHE))
         if S_have and S <= S_have < 4 * S:
             S = S_have  # hysteresis: shrink only when rows got 4x shorter
@@ -431,11 +431,12 @@ _unstack = jax.jit(unstack_layers)
 @functools.partial(jax.jit, static_argnums=2)  # the shape changes: nothing to donate into
 def _relayout(caches, index_W, length: int):
     """Caches with row i taken from old row index_W[i] (zeros where out of range), `length` slots long."""
-    def one(c_BKSH):
-        c_BKSH = jnp.take(c_BKSH, index_W, axis=0, mode="fill", fill_value=0)
-        S = c_BKSH.shape[2]
-        return jnp.pad(c_BKSH, ((0, 0), (0, 0), (0, length - S), (0, 0))) if length >= S else c_BKSH[:, :, :length]
-    return jax.tree.map(one, caches)
+    def one(name, c):
+        c, axis = jnp.take(c, index_W, axis=0, mode="fill", fill_value=0), SLOT_AXIS[name]
+        S = c.shape[axis]
+        return (jnp.pad(c, [(0, length - S) if a == axis else (0, 0) for a in range(c.ndim)]) if length >= S
+                else jax.lax.slice_in_dim(c, 0, length, axis=axis))
+    return [{name: one(name, c) for name, c in layer.items()} for layer in caches]
 
 
 def _keys(seed_B, index_B, step_B):
@@ -454,7 +455,7 @@ def _sample(weights, cfg, h_BD, keys_B, temperature_B, top_p_B, top_k_B, min_p_B
 @functools.partial(jax.jit, static_argnames=("cfg", "sample", "filtering", "top_n"))
 def _prefill(weights, tokens_kP, length_k, seed_k, index_k, step_k, temperature_k, top_p_k, top_k_k, min_p_k, *, cfg,
              sample, filtering, top_n):
-    """Run right-padded prompts [k, P]: their keys/values (per layer [k, K, P, H]) and each prompt's
+    """Run right-padded prompts [k, P]: their keys/values (per layer, in the decode layout) and each prompt's
     next token (with its logprob, and top logprobs if top_n). Independent of the caches' shape, so a
     one-token probe compiles nothing new however the running rows grew."""
     k, P = tokens_kP.shape
@@ -469,9 +470,12 @@ def _prefill(weights, tokens_kP, length_k, seed_k, index_k, step_k, temperature_
 
 @functools.partial(jax.jit, donate_argnums=0)
 def _store(caches, fresh, slot_k):
-    """Copy prefilled keys/values [k, K, P, H] into rows slot_k, slots 0..P-1 (out-of-range rows dropped)."""
-    P = fresh[0]["k"].shape[2]
-    return [{n: c[n].at[slot_k, :, :P].set(f[n], mode="drop") for n in c} for c, f in zip(caches, fresh)]
+    """Copy prefilled keys/values (P slots) into rows slot_k, slots 0..P-1 (out-of-range rows dropped)."""
+    P = fresh[0]["v"].shape[SLOT_AXIS["v"]]
+
+    def at(n):  # rows slot_k, slots :P, whichever axis holds the slots
+        return (slot_k,) + (slice(None),) * (SLOT_AXIS[n] - 1) + (slice(0, P),)
+    return [{n: c[n].at[at(n)].set(f[n], mode="drop") for n in c} for c, f in zip(caches, fresh)]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "top_n"))
@@ -501,7 +505,7 @@ def _prompt_logprobs(weights, tokens_1P, temperature, *, cfg, top_n):
 def _step(weights, caches, token_B, pos_B, seed_B, index_B, step_B, temperature_B, top_p_B, top_k_B, min_p_B, *,
           cfg, sample, filtering, top_n):
     """Feed each row's last token (sequence index pos_B) and draw the next one."""
-    S = caches[0]["k"].shape[2]
+    S = caches[0]["v"].shape[SLOT_AXIS["v"]]
     kv_valid_BS = jnp.arange(S)[None, :] <= pos_B[:, None]
     h_B1D, caches = hidden_states_unrolled(weights, cfg, token_B[:, None], kv_valid_BS, pos_B[:, None], caches,
                                            slots_B=pos_B)

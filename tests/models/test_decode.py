@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import models
-from models.decode import LEFT_MAX_ROWS, decode_logits, dense_out_in, hidden_states_unrolled, split_cache, unstack_layers
+from models.decode import (LEFT_MAX_ROWS, SLOT_AXIS, decode_logits, dense_out_in, hidden_states_unrolled,
+                           init_layer_caches, split_cache, unstack_layers)
 from models.layers import dense
 from models.transformer import hidden_states, init_cache
 
@@ -62,8 +63,8 @@ def test_unrolled_prefill_equals_the_scanned_one(hf_model, variant):
         h_scan, cache = hidden_states(params, cfg, tokens, valid, pos, init_cache(cfg, B, P))
         h_loop, caches = hidden_states_unrolled(weights, cfg, tokens, valid, pos, split_cache(init_cache(cfg, B, P)))
         np.testing.assert_allclose(np.asarray(h_loop), np.asarray(h_scan), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(np.asarray(caches[-1]["v"]), np.asarray(cache["v"][-1]).transpose(0, 2, 1, 3),
-                                   rtol=1e-4, atol=1e-4)
+        for name, c in caches[-1].items():
+            np.testing.assert_allclose(np.asarray(c), np.asarray(split_cache(cache)[-1][name]), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", ["qwen2_tied", "qwen3_yarn"])
@@ -80,9 +81,10 @@ def test_unrolled_decode_step_equals_the_scanned_one(hf_model, variant):
     h_scan, cache_scan = hidden_states(params, cfg, token, valid, pos, cache, P)
     h_loop, caches_loop = hidden_states_unrolled(unstack_layers(params), cfg, token, valid, pos, split_cache(cache), P)
     np.testing.assert_allclose(np.asarray(h_loop), np.asarray(h_scan), rtol=1e-5, atol=1e-5)
-    for name in ("k", "v"):  # per-layer [B, K, S, H] against the scan's stacked [L, B, S, K, H]
+    # per-layer keys [B, K, H, S] and values [B, K, S, H] against the scan's stacked [L, B, S, K, H]
+    for name, axes in (("k", (0, 1, 3, 4, 2)), ("v", (0, 1, 3, 2, 4))):
         np.testing.assert_allclose(np.stack([np.asarray(c[name]) for c in caches_loop]),
-                                   np.asarray(cache_scan[name]).transpose(0, 1, 3, 2, 4), rtol=1e-5, atol=1e-5)
+                                   np.asarray(cache_scan[name]).transpose(axes), rtol=1e-5, atol=1e-5)
 
 
 def test_rows_written_at_their_own_slots_match_one_row_at_a_time(hf_model):
@@ -92,8 +94,8 @@ def test_rows_written_at_their_own_slots_match_one_row_at_a_time(hf_model):
     weights = unstack_layers(params)
     B, S = 3, 8
     rng = np.random.default_rng(1)
-    caches = [{n: jnp.asarray(rng.standard_normal((B, cfg.num_kv_heads, S, cfg.head_dim)), cfg.dtype)
-               for n in ("k", "v")} for _ in range(cfg.num_layers)]
+    caches = [{n: jnp.asarray(rng.standard_normal(c.shape), cfg.dtype) for n, c in layer.items()}
+              for layer in init_layer_caches(cfg, B, S)]
     slots_B = jnp.asarray([2, 5, 4])
     token = jnp.asarray(rng.integers(1, cfg.vocab_size, (B, 1)))
     valid_BS = (jnp.arange(S)[None] <= slots_B[:, None]).astype(jnp.int32)
@@ -106,3 +108,8 @@ def test_rows_written_at_their_own_slots_match_one_row_at_a_time(hf_model):
         for c, c_b in zip(new, new_b):
             for n in ("k", "v"):
                 np.testing.assert_allclose(np.asarray(c[n][b]), np.asarray(c_b[n][0]), rtol=1e-6, atol=1e-6)
+    for c, old in zip(new, caches):  # only each row's own slot changed
+        for n in ("k", "v"):
+            other_axes = tuple(a for a in range(4) if a not in (0, SLOT_AXIS[n]))
+            changed = np.any(np.asarray(c[n]) != np.asarray(old[n]), axis=other_axes)
+            np.testing.assert_array_equal(changed, np.arange(S)[None] == np.asarray(slots_B)[:, None])
