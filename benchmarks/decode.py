@@ -76,8 +76,8 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> tuple[float, str]:
 def decode_steps(params, cfg, B: int, S: int, repeats: int) -> dict[str, float]:
     """One KV-cache decode step three ways, timed interleaved; returns the best time of each:
     scan:     `hidden_states` (lax.scan over the stacked layers, as training runs);
-    unrolled: `models.decode` (layers sliced once into [out, in] weights, loop unrolled, per-layer
-              [B, K, S, H] caches, each weight the left operand of its dot);
+    unrolled: `models.decode` (layers sliced once into [out, in] weights, each the left operand of its
+              dot; loop unrolled; per-layer caches, keys [B, K, H, S] and values [B, K, S, H]);
     in-out:   its reference, the unrolled loop as it was before 2026-12-04: the same, over weights in
               the training [in, out] layout (x @ W)."""
     from models.decode import decode_logits, hidden_states_unrolled, split_cache, unstack_layers
