@@ -36,6 +36,9 @@ def parse_args(argv=None):
                    help="Hugging Face model folder (config.json, *.safetensors, tokenizer files)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=30000)
+    p.add_argument("--fd", type=number(int, 0, strict=False), default=None,
+                   help="serve on this inherited, already listening socket instead of binding --host/--port "
+                        "(rl.rollout.EmbeddedServer passes one, so that no other process can take its port)")
     p.add_argument("--max-running-requests", type=number(int), default=32,
                    help="decode slots: requests generated together (continuous batching)")
     p.add_argument("--context-length", type=number(int), default=None,

@@ -443,10 +443,16 @@ def warm_up(engine: Engine) -> None:
 
 def serve_embedded(args) -> int:
     """`python -m rl.serve` with the embedded engine: load, warm up, serve until SIGINT / SIGTERM."""
+    import socket
     import sys
 
     import uvicorn
 
+    try:
+        sockets = None if args.fd is None else [socket.socket(fileno=args.fd)]
+    except OSError as e:  # not open, or not a socket
+        print(f"error: --fd {args.fd}: {e}", file=sys.stderr)
+        return 2
     try:
         state = load_state(args.model, slots=args.max_running_requests, context_length=args.context_length,
                            dtype=args.dtype, served_model_name=args.served_model_name,
@@ -458,7 +464,9 @@ def serve_embedded(args) -> int:
     try:
         if not args.skip_warmup:
             warm_up(state.engine)
-        uvicorn.run(create_app(state), host=args.host, port=args.port, log_level=args.log_level)
+        server = uvicorn.Server(uvicorn.Config(create_app(state), host=args.host, port=args.port,
+                                              log_level=args.log_level))
+        server.run(sockets=sockets)
     finally:
         state.engine.close()
     return 0

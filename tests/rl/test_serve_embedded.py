@@ -1,5 +1,6 @@
 """`python -m rl.serve` as a command and EmbeddedServer's failure path (its success path starts the
 server every other test_serve_* module uses)."""
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,26 @@ def test_a_folder_without_a_model_fails_fast_with_the_log(tmp_path):
         with EmbeddedServer(tmp_path, log_path=tmp_path / "serve.log"):
             pass
     assert time.monotonic() - start < 60 and "config.json" in (tmp_path / "serve.log").read_text()
+
+
+def test_the_port_is_held_from_construction_to_stop(tmp_path):
+    """No other process can take the chosen port before the child serves it (the child inherits it)."""
+    server = EmbeddedServer(tmp_path)
+    assert server.url.endswith(f":{server.port}") and server.port > 0
+    with socket.socket() as other, pytest.raises(OSError):
+        other.bind(("127.0.0.1", server.port))
+    server.stop()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", server.port))
+
+
+def test_an_fd_that_is_not_a_listening_socket_is_named(tmp_path):
+    with open(tmp_path / "file", "wb") as f:
+        fd = f.fileno()
+        out = subprocess.run([sys.executable, "-m", "rl.serve", "--model", str(tmp_path), "--fd", str(fd)],
+                             pass_fds=(fd,), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"error: --fd {fd}: " in out.stderr and "non-socket" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_stop_terminates_the_child_and_is_idempotent(tmp_path):
