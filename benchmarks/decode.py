@@ -3,7 +3,9 @@
 Both run in this one process on the same CPU cores (torch gets one thread per core, and is also timed
 with one thread). A decode step reads every weight once, so the time to stream the weights at this
 machine's memory bandwidth is the floor for a step at small batch; the benchmark measures that
-bandwidth and reports how close each implementation gets to it.
+bandwidth and reports how close each implementation gets to it. It also measures the matmul peak:
+at a few rows a step's arithmetic (2 FLOPs per weight per row) can take longer than its read, and
+then the step is bound by the FMA rate, not by memory.
 
     python benchmarks/decode.py            # ~100M-parameter Qwen3, batch 8, 128 new tokens
     python benchmarks/decode.py --quick    # a smaller model and fewer tokens
@@ -29,6 +31,7 @@ from models.sampler import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import QWEN3_100M, QWEN3_QUICK, random_qwen3_checkpoint  # noqa: E402
+from benchmarks.train_step import count_params, matmul_peak  # noqa: E402
 from rl.hugepages import reexec_with_huge_pages  # noqa: E402
 
 
@@ -71,6 +74,13 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> tuple[float, str]:
     name = max(rates, key=rates.get)
     detail = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in rates.items())
     return rates[name], f"{name} of {gib:g} GiB ({detail} GB/s)"
+
+
+def step_flops(hf: dict, B: int, S: int) -> float:
+    """FLOPs of one decode step: every matmul weight and the unembedding once per row, and attention's
+    two dots over S cache slots."""
+    D, V, L, NH = hf["hidden_size"], hf["vocab_size"], hf["num_hidden_layers"], hf["num_attention_heads"] * hf["head_dim"]
+    return 2.0 * B * (count_params(hf)["non_embedding"] + D * V) + 4.0 * B * L * NH * S
 
 
 def decode_steps(params, cfg, B: int, S: int, repeats: int) -> dict[str, float]:
@@ -153,8 +163,16 @@ def main(argv=None) -> None:
     print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s, best of {how}")
     print(f"weights streamed per decode step: {step_bytes / 1e6:.0f} MB -> {limit * 1e3:.1f} ms per step at that "
           "bandwidth (the decode limit)")
+    flops, peak = step_flops(hf_kwargs, B, T + N), matmul_peak(2048, 5, args.threads)
+    fastest = max(peak, key=peak.get)
+    floor = flops / peak[fastest]
+    print(f"matmul peak float32 2048^3: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak.items()) + " GFLOP/s")
+    print(f"arithmetic per decode step: {flops / 1e9:.2f} GFLOP -> {floor * 1e3:.1f} ms at the {fastest} peak = "
+          f"{floor / limit:.2f}x the limit ({'compute' if floor > limit else 'memory'}-bound at batch {B}); "
+          f"a step within 2x the limit must run at >= {flops / (2 * limit) / peak[fastest]:.0%} of that peak")
     best = decode_steps(params, cfg, B, T + N, max(args.repeats, 30))
-    print("step / limit: " + ", ".join(f"{name} {t / limit:.2f}" for name, t in best.items()))
+    print("step / limit: " + ", ".join(f"{name} {t / limit:.2f} ({flops / t / peak[fastest]:.0%} of peak)"
+                                       for name, t in best.items()))
     if args.steps_only:
         return
 
