@@ -26,15 +26,21 @@ def window_arg(spec: str) -> str:
     return spec
 
 
-def number(kind=float, low: float = 0, strict: bool = True):
-    """An argparse type: a finite `kind` above `low` (at or above it unless strict)."""
+def number(kind=float, low: float = 0, strict: bool = True, high: float = math.inf):
+    """An argparse type: a finite `kind` above `low` (at or above it unless strict), at most `high`."""
     def parse(text: str):
         value = kind(text)
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"{text}: expected a number {'>' if strict else '>='} {low}")
+        if not math.isfinite(value) or value < low or (strict and value == low) or value > high:
+            bounds = f"{'>' if strict else '>='} {low}" + (f" and <= {high:,}" if high < math.inf else "")
+            raise argparse.ArgumentTypeError(f"{text}: expected a number {bounds}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its error
     return parse
+
+
+def printable(text: str) -> str:
+    """text that stdout can encode: lone surrogates (valid in JSON strings, not in UTF-8) as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def out_file(text: str) -> Path:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import Counter
+from datetime import date, time
 from pathlib import Path
 
 from rl.cli import out_file
@@ -29,7 +31,7 @@ def pass_rates(results: dict) -> dict[str, float]:
 
 
 def keep_window(paths, rates: dict[str, float], low: float, high: float):
-    """Yield (raw row, verdict) for every row of the problem files; verdict is "kept", "too_easy",
+    """Yield (raw row, verdict, where) for every row of the problem files; verdict is "kept", "too_easy",
     "too_hard", "not_evaluated" or "bad_row"."""
     paths = [Path(p) for p in paths]
     for path, prefix in zip(paths, id_prefixes(paths)):
@@ -37,17 +39,30 @@ def keep_window(paths, rates: dict[str, float], low: float, high: float):
             try:
                 record = to_record(row, f"{prefix}#{i}", where)  # the ids load_problems gave rl.evaluate
             except DataError:
-                yield row, "bad_row"
+                yield row, "bad_row", where
                 continue
             rate = rates.get(record.id)
-            if rate is None:
-                yield row, "not_evaluated"
-            elif rate < low:
-                yield row, "too_hard"
-            elif rate > high:
-                yield row, "too_easy"
-            else:
-                yield row, "kept"
+            verdict = ("not_evaluated" if rate is None else "too_hard" if rate < low else "too_easy" if rate > high
+                       else "kept")
+            yield row, verdict, where
+
+
+def json_line(row) -> str:
+    """A row as one line of strict JSON. Parquet rows may hold what JSON cannot: NaN (pandas' missing
+    value) becomes null, UTF-8 bytes become text, dates ISO text. Other bytes raise UnicodeDecodeError."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, bytes):
+            return value.decode("utf-8")
+        if isinstance(value, (date, time)):
+            return value.isoformat()
+        return value
+    return json.dumps(plain(row), default=str, allow_nan=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rates = pass_rates(load_results(args.results))
         counts, kept = Counter(), []
-        for row, verdict in keep_window(args.problems, rates, args.min, args.max):
-            counts[verdict] += 1
+        for row, verdict, where in keep_window(args.problems, rates, args.min, args.max):
             if verdict == "kept":
-                kept.append(json.dumps(row, default=str) + "\n")
+                try:
+                    kept.append(json_line(row))
+                except UnicodeDecodeError as e:
+                    verdict = "unwritable"
+                    print(f"warning: {where}: left out, it holds bytes that are not UTF-8 text, which JSON cannot "
+                          f"carry ({e})", file=sys.stderr)
+            counts[verdict] += 1
     except (EvaluationError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

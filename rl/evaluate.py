@@ -22,13 +22,14 @@ from pathlib import Path
 
 import httpx
 
-from rl.cli import HelpFormatter, number, window_arg
+from rl.cli import HelpFormatter, number, printable, window_arg
 from rl.hugepages import reexec_with_huge_pages
 
 DEFAULT_CONCURRENCY = 256
 
 
 _positive_int, _positive_float, _non_negative_float = number(int), number(float), number(float, 0, strict=False)
+MAX_RESAMPLES = 10_000_000  # the bootstrap keeps one mean per resample: 80 MB here
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -106,7 +107,8 @@ def parse_compare_args(argv) -> argparse.Namespace:
     p.add_argument("a", type=Path, help="an rl.evaluate --out folder (or its results.json)")
     p.add_argument("b", type=Path, help="another, over the same problems")
     p.add_argument("--common", action="store_true", help="compare the problems both cover when the sets differ")
-    p.add_argument("--resamples", type=_positive_int, default=10_000, help="bootstrap resamples")
+    p.add_argument("--resamples", type=number(int, high=MAX_RESAMPLES), default=10_000,
+                   help=f"bootstrap resamples (at most {MAX_RESAMPLES:,})")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return p.parse_args(argv)
 
@@ -318,7 +320,7 @@ def main(argv=None) -> int:
         except EvaluationError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(json.dumps(c, indent=1) if args.json else compare_text(c))
+        print(json.dumps(c, indent=1) if args.json else printable(compare_text(c)))
         return 0
     args = parse_args(argv)
     try:
@@ -333,7 +335,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted{'; re-run with the same --out to resume' if args.out else ''}", file=sys.stderr)
         return 130
-    print(table(results))
+    print(printable(table(results)))
     if args.out:
         print(f"results: {args.out / 'results.json'}, samples: {args.out / 'samples.jsonl'}")
     return 0

@@ -49,14 +49,18 @@ def _paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
     return b - a
 
 
+BOOTSTRAP_DRAWS = 1 << 22  # problem indices drawn at a time (32 MB)
+
+
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000,
                      seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of b - a over problems and its percentile bootstrap interval (problems resampled in pairs)."""
     d = _paired(a, b)
     if d.size == 0:
         raise ValueError("no common problems to compare")
-    idx = np.random.default_rng(seed).integers(0, d.size, size=(resamples, d.size))
-    means = d[idx].mean(axis=1)
+    rng, rows = np.random.default_rng(seed), max(1, BOOTSTRAP_DRAWS // d.size)  # bounded memory at any size
+    means = np.concatenate([d[rng.integers(0, d.size, size=(min(rows, resamples - start), d.size))].mean(axis=1)
+                            for start in range(0, resamples, rows)])
     tail = (1 - level) / 2
     return float(d.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 

@@ -55,3 +55,27 @@ def test_out_that_is_an_input_a_folder_or_unwritable_is_refused_before_anything_
             rl.difficulty.main([str(tmp_path), "--problems", str(problems), "--out", str(out)])
         assert message in capsys.readouterr().err
     assert problems.read_text() == HELDOUT_FILE.read_text()
+
+
+def test_parquet_rows_are_written_as_strict_json(tmp_path, capsys):
+    """Kept parquet rows were dumped with default=str: NaN came out as a bare NaN (not JSON) and bytes as
+    their Python repr. Now NaN is null, UTF-8 bytes are text, and a row with other bytes is left out by name."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    rows = [json.loads(line) for line in HELDOUT_FILE.read_text().splitlines()[:3]]
+    table = pa.Table.from_pylist([dict(r, blob=blob, score=score) for r, blob, score in
+                                  zip(rows, [b"caf\xc3\xa9", b"\xff\xfe", b"x"], [float("nan"), 1.5, float("inf")])])
+    problems = tmp_path / "train.parquet"
+    pq.write_table(table, problems)
+    (tmp_path / "results.json").write_text(json.dumps({"problems": [{"id": r["id"], "n": 8, "c": 4} for r in rows]}))
+    out = tmp_path / "kept.jsonl"
+    assert rl.difficulty.main([str(tmp_path), "--problems", str(problems), "--out", str(out)]) == 0
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+
+    written = [strict(line) for line in out.read_text().splitlines()]
+    assert [(w["id"], w["blob"], w["score"]) for w in written] == [(rows[0]["id"], "café", None), (rows[2]["id"], "x", None)]
+    assert [{k: v for k, v in w.items() if k not in ("blob", "score")} for w in written] == [rows[0], rows[2]]
+    captured = capsys.readouterr()
+    assert (strict(captured.out)["kept"], strict(captured.out)["unwritable"]) == (2, 1)
+    assert f"{problems} row 1" in captured.err and "not UTF-8" in captured.err

@@ -205,6 +205,21 @@ def test_compare_refuses_different_problem_sets_unless_common(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_compare_prints_ids_that_utf8_cannot_encode(tmp_path, capsys):
+    """JSON allows a lone surrogate in a string; printing one crashed the text report."""
+    a = _result(tmp_path / "a", [("p\ud800", 0), ("p2", 4)])
+    b = _result(tmp_path / "b", [("p\ud800", 4), ("p2", 4)])
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "+ p\\ud800: A 0/4 -> B 4/4" in capsys.readouterr().out
+
+
+def test_compare_resamples_are_bounded(tmp_path, capsys):
+    """--resamples 10^9 drew a [resamples, problems] index array at once: a MemoryError."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "a", "b", "--resamples", "1000000000"])
+    assert exit_.value.code == 2 and "<= 10,000,000" in capsys.readouterr().err
+
+
 def test_compare_refuses_a_results_file_whose_ids_repeat(tmp_path, capsys):
     """The last row of an id won, silently, in the paired comparison."""
     a = _result(tmp_path / "a", [("p1", 0), ("p2", 4)])

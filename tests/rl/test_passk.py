@@ -72,6 +72,16 @@ def test_paired_bootstrap_covers_the_true_difference_at_its_nominal_rate():
     assert 0.91 <= rate <= 0.985, rate  # binomial sd at 300 trials is ~1.3 points (seeds 0-4 give 0.93-0.97)
 
 
+def test_paired_bootstrap_draws_in_bounded_chunks_without_changing_the_answer(monkeypatch):
+    rng = np.random.default_rng(1)
+    a, b = rng.random(7), rng.random(7)
+    whole = passk.paired_bootstrap(a, b, resamples=1001, seed=3)
+    monkeypatch.setattr(passk, "BOOTSTRAP_DRAWS", 30)  # 4 resamples of 7 problems a chunk, the last one short
+    assert passk.paired_bootstrap(a, b, resamples=1001, seed=3) == whole
+    monkeypatch.setattr(passk, "BOOTSTRAP_DRAWS", 1)  # fewer draws than problems: still a resample a chunk
+    assert passk.paired_bootstrap(a, b, resamples=1001, seed=3) == whole
+
+
 def test_paired_bootstrap_centre_and_errors():
     diff, low, high = passk.paired_bootstrap([0.0, 0.5, 1.0], [0.5, 0.5, 1.0], resamples=2000)
     assert diff == pytest.approx(1 / 6) and low <= diff <= high
