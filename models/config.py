@@ -52,6 +52,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.arch not in ARCHITECTURES.values():
             raise ConfigError(f"unknown arch {self.arch!r}; expected one of {sorted(ARCHITECTURES.values())}")
+        if self.head_dim % 2:  # RoPE rotates pairs of dimensions
+            raise ConfigError(f"head_dim={self.head_dim} must be even (RoPE rotates pairs of dimensions)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}")
@@ -76,6 +78,8 @@ class ModelConfig:
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **runtime) -> "ModelConfig":
         archs = hf.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ConfigError(f"{source}: architectures must be a list of class names, got {json.dumps(archs)[:200]}")
         arch_name = archs[0] if archs else {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}.get(
             hf.get("model_type", ""), "")
         if arch_name not in ARCHITECTURES:
@@ -85,7 +89,7 @@ class ModelConfig:
 
         # Variants whose weights or attention pattern this model does not implement: refuse them by
         # name rather than load a model that silently computes something else.
-        if _sliding_layers(hf):
+        if _sliding_layers(hf, source):
             raise ConfigError(f"{source}: use_sliding_window=true (sliding-window attention in layers "
                               f">= max_window_layers) is not supported")
         if arch_name == "Qwen3ForCausalLM" and hf.get("attention_bias"):
@@ -124,7 +128,7 @@ class ModelConfig:
                  "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
                  "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings", "rope_scaling", "rope_parameters"}
         extra = tuple(sorted((k, json.dumps(v)) for k, v in hf.items() if k not in known))
-        return cls(
+        fields = dict(
             arch=ARCHITECTURES[arch_name],
             vocab_size=size("vocab_size"),
             hidden_size=hidden,
@@ -133,14 +137,17 @@ class ModelConfig:
             num_heads=heads,
             num_kv_heads=size("num_key_value_heads", heads),
             head_dim=head_dim,
-            rope_theta=positive("rope_theta", rope.get("rope_theta") or hf.get("rope_theta") or 10000.0),
+            rope_theta=positive("rope_theta", _first_set(rope.get("rope_theta"), hf.get("rope_theta"), 10000.0)),
             rms_norm_eps=positive("rms_norm_eps", hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             max_position_embeddings=size("max_position_embeddings", 32768),
             rope_scaling=_parse_rope_scaling(rope, rope_key, hf, source),
             hf_extra=extra,
-            **runtime,
         )
+        try:
+            return cls(**fields, **runtime)
+        except ConfigError as e:  # the checks across fields (__post_init__), named in the file they came from
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_file(cls, path: str | Path, **runtime) -> "ModelConfig":
@@ -197,7 +204,7 @@ class ModelConfig:
         rs = dict(self.rope_scaling)
         l0 = float(rs["original_max_position_embeddings"])
         # As transformers: a null factor is the context extension, null betas take the defaults.
-        s = float(rs.get("factor") or self.max_position_embeddings / l0)
+        s = float(rs["factor"]) if rs.get("factor") is not None else self.max_position_embeddings / l0
         beta_fast, beta_slow = float(rs.get("beta_fast") or 32.0), float(rs.get("beta_slow") or 1.0)
 
         def corr(rotations):  # dimension index whose wavelength fits `rotations` turns in l0 tokens
@@ -230,6 +237,9 @@ def _parse_rope_scaling(rs: dict[str, Any], key: str, hf: dict[str, Any], source
         raise ConfigError(f"{source}: {key} type {kind!r} is not supported (only 'yarn')")
     if "factor" not in rs:
         raise ConfigError(f"{source}: {key} is missing 'factor'")
+    if rs["factor"] is not None and not (isinstance(rs["factor"], (int, float)) and not isinstance(rs["factor"], bool)
+                                         and 0 < rs["factor"] < float("inf")):
+        raise ConfigError(f"{source}: {key}.factor must be a number > 0, got {rs['factor']!r}")
     numbers = {k: v for k, v in rs.items() if k in ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
                                                      "attention_factor", "original_max_position_embeddings")}
     for k, v in numbers.items():  # a string here failed at the first request, not at load
@@ -243,10 +253,21 @@ def _parse_rope_scaling(rs: dict[str, Any], key: str, hf: dict[str, Any], source
     return tuple(sorted(keep.items()))
 
 
-def _sliding_layers(hf: dict[str, Any]) -> bool:
+def _first_set(*values):
+    """The first value that is not None: 0 is a value (refused by its check), not a missing one."""
+    return next(v for v in values if v is not None)
+
+
+def _sliding_layers(hf: dict[str, Any], source: str) -> bool:
     """Whether transformers would give any layer sliding-window attention (Qwen2/Qwen3 configs)."""
     if not hf.get("use_sliding_window") or hf.get("sliding_window", 4096) is None:
         return False
     if hf.get("layer_types") is not None:
+        if not isinstance(hf["layer_types"], list):
+            raise ConfigError(f"{source}: layer_types must be a list, got {json.dumps(hf['layer_types'])[:200]}")
         return "sliding_attention" in hf["layer_types"]
-    return int(hf.get("max_window_layers", 28)) < int(hf.get("num_hidden_layers", 0))
+    counts = {key: hf.get(key, default) for key, default in (("max_window_layers", 28), ("num_hidden_layers", 0))}
+    for key, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+    return counts["max_window_layers"] < counts["num_hidden_layers"]

@@ -17,7 +17,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from models.config import ModelConfig
+from models.config import DTYPES, ModelConfig
 from models.sharding import param_shardings
 from models.weights import Weight, from_hf, full_shape, get_path, hf_shape, map_weights, to_hf, weight_table
 
@@ -34,9 +34,12 @@ def _weight_files(path: Path) -> dict[str, Path]:
     index = path / INDEX_FILE
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, TypeError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
             raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and f for f in weight_map.values()):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names, got "
+                                  f"{json.dumps(weight_map)[:200]}")
         files = {name: path / fname for name, fname in weight_map.items()}
         for f in sorted(set(files.values())):
             if not f.is_file():
@@ -173,6 +176,10 @@ def save_hf(path, config: ModelConfig, params, max_shard_bytes: int = 5 * 2**30)
         index = {"metadata": {"total_size": int(sum(x.nbytes for x in tensors.values()))},
                  "weight_map": {n: fname for shard, fname in zip(shards, names) for n in shard}}
         (path / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    # config.json names the dtype the tensors were written in (load_hf reads them back in it).
+    written = {str(x.dtype) for x in tensors.values()}
+    if len(written) == 1 and written <= set(DTYPES):
+        config = config.replace(param_dtype=written.pop())
     (path / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
     return path
 

@@ -1,6 +1,8 @@
 """Bad checkpoints fail with one clear error naming the file and the tensor, never a garbage model."""
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -78,6 +80,38 @@ def test_index_pointing_at_missing_shard(hf_model, tmp_path):
     next(iter(sorted(out.glob("model-*.safetensors")))).unlink()
     with pytest.raises(CheckpointError, match="model-00001-of"):
         models.load_hf(out)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda index: dict(index, weight_map=list(index["weight_map"].items())), "'weight_map' must map tensor names"),
+    (lambda index: dict(index, weight_map=None), "'weight_map' must map tensor names"),
+    (lambda index: dict(index, weight_map={k: 3 for k in index["weight_map"]}), "'weight_map' must map tensor names"),
+    (lambda index: dict(index, weight_map={k: None for k in index["weight_map"]}), "'weight_map' must map tensor names"),
+    (lambda index: b"\xff\xfe", "not a safetensors index"),
+])
+def test_a_malformed_index_is_named(hf_model, tmp_path, edit, message):
+    """These raised AttributeError, TypeError or UnicodeDecodeError from inside the loader."""
+    folder, _ = hf_model("qwen3_tied")
+    cfg, params = models.load_hf(folder)
+    out = models.save_hf(tmp_path / "sharded", cfg, params, max_shard_bytes=20_000)
+    index = out / "model.safetensors.index.json"
+    edited = edit(json.loads(index.read_text()))
+    index.write_bytes(edited if isinstance(edited, bytes) else json.dumps(edited).encode())
+    with pytest.raises(CheckpointError, match=f"model.safetensors.index.json: {message}"):
+        models.load_hf(out)
+
+
+def test_export_names_the_dtype_its_tensors_are_written_in(hf_model, tmp_path):
+    """A float32 config exported with bfloat16 params wrote config.json dtype float32 over BF16 tensors,
+    so the export loaded back as float32 (twice the memory)."""
+    folder, _ = hf_model("qwen3_tied")
+    cfg, params = models.load_hf(folder)
+    assert cfg.param_dtype == "float32"
+    out = models.save_hf(tmp_path / "bf16", cfg, jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
+    written = json.loads((out / "config.json").read_text())
+    assert (written["dtype"], written["torch_dtype"]) == ("bfloat16", "bfloat16")
+    back_cfg, back = models.load_hf(out)
+    assert back_cfg.param_dtype == "bfloat16" and {x.dtype for x in jax.tree.leaves(back)} == {jnp.dtype(jnp.bfloat16)}
 
 
 @pytest.mark.parametrize("variant, change, key", [

@@ -220,6 +220,15 @@ def test_configs_that_would_compute_another_model_are_refused(change, match):
     (dict(num_key_value_heads=2.5), "num_key_value_heads must be"),
     (dict(rms_norm_eps="x"), "rms_norm_eps must be a number > 0"),
     (dict(rope_scaling={"rope_type": "yarn", "factor": "4"}), r"rope_scaling.factor must be a number"),
+    (dict(use_sliding_window=True, sliding_window=4096, max_window_layers=None),
+     "max_window_layers must be an integer, got None"),
+    (dict(use_sliding_window=True, sliding_window=4096, num_hidden_layers="40"),
+     "num_hidden_layers must be an integer, got '40'"),
+    (dict(use_sliding_window=True, sliding_window=4096, layer_types="full_attention"), "layer_types must be a list"),
+    (dict(architectures={"a": 1}), "architectures must be a list of class names"),
+    (dict(architectures="Qwen3ForCausalLM"), "architectures must be a list of class names"),
+    (dict(head_dim=15), "config.json: head_dim=15 must be even"),
+    (dict(num_key_value_heads=3), "config.json: num_attention_heads=5 is not a multiple of num_key_value_heads=3"),
 ])
 def test_fields_of_the_wrong_kind_are_named_at_load(change, match):
     """They crashed later with int('abc'), a JAX shape error, or an error on the first request."""
@@ -237,3 +246,24 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
 def test_zero_is_refused_not_replaced_by_a_default(key):
     with pytest.raises(models.ConfigError, match=f"{key} must be an integer >= 1, got 0"):
         models.ModelConfig.from_hf_dict({**QWEN3_14B, key: 0})
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(rope_theta=0), "rope_theta must be a number > 0, got 0"),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": 0}), "rope_theta must be a number > 0, got 0"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 0, "original_max_position_embeddings": 32768}),
+     "rope_scaling.factor must be a number > 0, got 0"),
+])
+def test_zero_rope_numbers_are_refused_not_replaced_by_a_default(change, match):
+    """`x or default` ran rope_theta 0 as 10000 and a YaRN factor 0 as the context extension."""
+    with pytest.raises(models.ConfigError, match=match):
+        models.ModelConfig.from_hf_dict({**QWEN3_14B, **change})
+
+
+def test_null_rope_numbers_take_their_defaults():
+    cfg = models.ModelConfig.from_hf_dict({**QWEN3_14B, "rope_theta": None, "max_position_embeddings": 131072,
+                                           "rope_scaling": {"rope_type": "yarn", "factor": None,
+                                                            "original_max_position_embeddings": 32768}})
+    assert cfg.rope_theta == 10000.0 and dict(cfg.rope_scaling)["factor"] is None
+    _, attention_factor = cfg.rope_frequencies()
+    assert attention_factor == pytest.approx(0.1 * np.log(131072 / 32768) + 1.0)  # factor = 131072 / 32768
