@@ -70,6 +70,12 @@ class Request:
     created: float = dataclasses.field(default_factory=time.monotonic)
     aborted: str | None = None  # set by abort(): the message the request finishes with
 
+    @functools.cached_property
+    def stop_tail(self) -> int:
+        """Output tokens decoded to look for a stop string: a string of n UTF-8 bytes spans at most n
+        tokens, and it can only end in the newest one."""
+        return max(_STOP_TAIL, 1 + max((len(s.encode()) for s in self.stop_strings), default=0))
+
 
 class Engine:
     """Continuous batching over `slots` decode rows. Thread-safe: `submit`, `abort`, `pause`, `resume`,
@@ -378,7 +384,7 @@ class Engine:
         if token in p.stop_token_ids:
             return {"type": "stop", "matched": token}
         if r.stop_strings:
-            text = r.text_of(r.output_ids[-_STOP_TAIL:])
+            text = r.text_of(r.output_ids[-r.stop_tail:])
             hit = next((s for s in r.stop_strings if s in text), None)
             if hit is not None:
                 return {"type": "stop", "matched": hit}
@@ -391,7 +397,7 @@ class Engine:
         _notify(r)
 
 
-_STOP_TAIL = 64  # tokens decoded to look for a stop string: it can only end in the newest token
+_STOP_TAIL = 64  # fewest output tokens decoded to look for a stop string
 _ROW_ARRAYS = dict(token=np.int32, pos=np.int32, seed=np.uint32, index=np.int32, step=np.int32,
                    temperature=np.float32, top_p=np.float32, top_k=np.int32, min_p=np.float32)
 

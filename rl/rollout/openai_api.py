@@ -16,8 +16,8 @@ from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import StreamingResponse
 
 from rl.rollout.engine import TOP_LOGPROBS_MAX, Request
-from rl.rollout.protocol import (RequestError, Sampling, check_length, output_text, refuse_unknown,
-                                 refuse_unsupported, sampling_from, texts, token_ids)
+from rl.rollout.protocol import (RequestError, Sampling, encode_texts, check_length, output_text, refuse_unknown,
+                                 refuse_unsupported, sampling_from, token_ids)
 
 COMMON_KEYS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options", "user",
                "top_k", "min_p", "stop_token_ids", "ignore_eos", "skip_special_tokens", "no_stop_trim",
@@ -25,6 +25,7 @@ COMMON_KEYS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed
 NEUTRAL = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0, "logit_bias": ({},),
            "min_tokens": 0, "response_format": ({"type": "text"},), "tools": ({}, []), "suffix": None,
            "echo": False, "regex": None, "json_schema": None, "ebnf": None}
+ROLES = {"system", "user", "assistant", "tool", "function"}  # the roles SGLang's chat messages take
 COMPLETION_KEYS = COMMON_KEYS | {"prompt", "logprobs", "best_of"}
 CHAT_KEYS = COMMON_KEYS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tool_choice",
                            "parallel_tool_calls", "chat_template_kwargs", "continue_final_message",
@@ -73,10 +74,13 @@ def add_openai_routes(app: FastAPI, state) -> None:
         kwargs = body.get("chat_template_kwargs") or {}
         if not isinstance(kwargs, dict):
             raise RequestError("chat_template_kwargs", "must be an object")
+        switches = {key: body.get(key, default) for key, default in (("add_generation_prompt", True),
+                                                                     ("continue_final_message", False))}
+        for key, value in switches.items():
+            if not isinstance(value, bool):
+                raise RequestError(key, "must be true or false")
         try:
-            ids = state.tokenizer.apply_chat_template(
-                messages, tokenize=True, add_generation_prompt=body.get("add_generation_prompt", True),
-                continue_final_message=bool(body.get("continue_final_message", False)), **kwargs)
+            ids = state.tokenizer.apply_chat_template(messages, tokenize=True, **switches, **kwargs)
         except Exception as e:  # a template that cannot render these messages is the request's fault
             raise RequestError("messages", f"the chat template cannot render them ({e})") from None
         if hasattr(ids, "keys"):  # transformers >= 5 answers a BatchEncoding
@@ -85,9 +89,11 @@ def add_openai_routes(app: FastAPI, state) -> None:
         if wants is not None and not isinstance(wants, bool):
             raise RequestError("logprobs", "must be true or false")
         top = _top(body.get("top_logprobs"), "top_logprobs", TOP_LOGPROBS_MAX) if wants else None
-        if body.get("max_completion_tokens") is not None and body.get("max_tokens") is None:
-            body = {**body, "max_tokens": body["max_completion_tokens"]}
-        s = _sampling(body, state, default_max_tokens=None)  # as SGLang: up to the context length
+        # max_completion_tokens replaced the deprecated max_tokens; as vLLM and SGLang, it wins when both are given.
+        max_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        if max_key != "max_tokens" and body.get("max_tokens") is not None:
+            _sampling(body, state, default_max_tokens=None)  # still refuse a malformed max_tokens
+        s = _sampling(body, state, default_max_tokens=None, max_key=max_key)  # as SGLang: up to the context
         return await _respond(state, request, body, [list(ids)], s, top, chat=True)
 
     async def _respond(state, request, body, prompts, s: Sampling, top, chat: bool):
@@ -95,6 +101,9 @@ def add_openai_routes(app: FastAPI, state) -> None:
         if s.stop_strings and state.tokenizer is None:
             raise RequestError("stop", "stop strings need the model folder's tokenizer")
         tok = state.tokenizer
+        for key in ("rid", "model", "user"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise RequestError(key, f"must be a string, got {json.dumps(body[key])[:100]}")
         rid = body.get("rid") or secrets.token_hex(12)
         requests = [Request(ids, p.params, rid=rid, sample_index=j, stop_strings=s.stop_strings,
                             text_of=_text_with_specials(tok),
@@ -156,8 +165,8 @@ def _object(body: Any) -> dict:
     return body
 
 
-def _sampling(body: dict, state, default_max_tokens: int | None) -> Sampling:
-    return sampling_from(body, "", state.limits, max_new_key="max_tokens", max_new_default=default_max_tokens,
+def _sampling(body: dict, state, default_max_tokens: int | None, max_key: str = "max_tokens") -> Sampling:
+    return sampling_from(body, "", state.limits, max_new_key=max_key, max_new_default=default_max_tokens,
                          seed_key="seed")
 
 
@@ -172,9 +181,7 @@ def _top(x, field: str, high: int) -> int | None:
 def _completion_prompts(x, state) -> list[list[int]]:
     """prompt: a string, a list of strings, a list of token ids, or a list of such lists."""
     if isinstance(x, str) or (isinstance(x, list) and x and all(isinstance(p, str) for p in x)):
-        if state.tokenizer is None:
-            raise RequestError("prompt", "this model folder has no tokenizer: send token ids")
-        return [state.tokenizer.encode(t) for t in texts(x, "prompt")]
+        return encode_texts(x, "prompt", state.tokenizer, "token ids")
     if isinstance(x, list) and x and all(isinstance(p, list) for p in x):
         return [token_ids(p, f"prompt[{i}]", state.limits) for i, p in enumerate(x)]
     if isinstance(x, list):
@@ -189,6 +196,9 @@ def _messages(x) -> list[dict]:
     for i, m in enumerate(x):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise RequestError(f"messages[{i}]", "must be an object with a string 'role'")
+        role = m["role"].lower()  # as SGLang, which lower-cases roles before it checks them
+        if role not in ROLES:
+            raise RequestError(f"messages[{i}].role", f"{json.dumps(m['role'])}: expected one of {sorted(ROLES)}")
         content = m.get("content")
         if isinstance(content, list):  # OpenAI's content parts: text only
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
@@ -197,7 +207,7 @@ def _messages(x) -> list[dict]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise RequestError(f"messages[{i}].content", "must be a string or a list of text parts")
-        out.append({**m, "content": content})
+        out.append({**m, "role": role, "content": content})
     return out
 
 

@@ -49,12 +49,16 @@ def _number(d: dict, key: str, field: str, default: float, low: float | None = N
         return default
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise RequestError(field, f"must be a number, got {json.dumps(x)}")
+    try:
+        x = float(x)  # an integer past float's range (JSON has no limit) overflows
+    except OverflowError:
+        raise RequestError(field, "is not a finite number") from None
     if not math.isfinite(x):  # Python's JSON reader takes NaN and Infinity; SGLang refuses them
         raise RequestError(field, f"{x} is not a finite number")
     if (low is not None and (x <= low if low_open else x < low)) or (high is not None and x > high):
         bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
         raise RequestError(field, f"{x} is outside {bounds}")
-    return float(x)
+    return x
 
 
 def _int(d: dict, key: str, field: str, default: int | None, low: int | None = None, high: int | None = None):
@@ -89,18 +93,39 @@ def _strings(x, field: str) -> tuple[str, ...]:
     return tuple(x)
 
 
-def texts(x, field: str) -> list[str]:
-    """One or several prompt texts, each non-empty and encodable (a lone surrogate is not)."""
+def encode_texts(x, field: str, tokenizer, instead: str) -> list[list[int]]:
+    """Token ids of one or several prompt texts, each non-empty and encoding to at least one token.
+    `instead`: the field to send when the folder has no tokenizer."""
+    if tokenizer is None:
+        raise RequestError(field, f"this model folder has no tokenizer: send {instead}")
     items = x if isinstance(x, list) else [x]
     if not items or not all(isinstance(t, str) and t for t in items):
         raise RequestError(field, "must be a non-empty string or a list of non-empty strings")
-    for i, t in enumerate(items):
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise RequestError(f"{field}[{i}]" if isinstance(x, list) else field,
-                               f"not valid Unicode ({e.reason} at {e.start})") from None
-    return items
+    prompts = [tokenizer.encode(t) for t in items]
+    for i, ids in enumerate(prompts):
+        if not ids:
+            raise RequestError(f"{field}[{i}]" if isinstance(x, list) else field, "encodes to no tokens")
+    return prompts
+
+
+def unencodable(body) -> str | None:
+    """Where a parsed JSON body holds a string (key or value) that UTF-8 cannot encode: JSON allows
+    lone surrogates, and an answer or error that echoed one could not be written."""
+    stack = [(body, "")]
+    while stack:
+        x, path = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "body"
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                key = k.encode("utf-8", "backslashreplace").decode("utf-8")
+                stack += [(k, f"{path}.{key}".lstrip(".")), (v, f"{path}.{key}".lstrip("."))]
+        elif isinstance(x, list):
+            stack += [(v, f"{path}[{i}]") for i, v in enumerate(x)]
+    return None
 
 
 def token_ids(x, field: str, limits: ModelLimits, allow_empty: bool = False) -> list[int]:
@@ -202,6 +227,11 @@ GENERATE_KEYS = {"text", "input_ids", "sampling_params", "rid", "return_logprob"
                  "data_parallel_rank", "routed_dp_rank", "priority", "custom_labels", "no_logs", "extra_key",
                  "background", "conversation_id", "routing_key", "bootstrap_host", "bootstrap_port",
                  "bootstrap_room", "return_bytes"}
+# The accepted fields this server has no use for, with their types: one value, or a list of them for a batch.
+IGNORED_TYPES = {"log_metrics": bool, "no_logs": bool, "background": bool, "return_bytes": bool, "priority": int,
+                 "data_parallel_rank": int, "routed_dp_rank": int, "bootstrap_port": int, "bootstrap_room": int,
+                 "bootstrap_host": str, "extra_key": str, "conversation_id": str, "routing_key": str,
+                 "modalities": list, "custom_labels": dict}
 GENERATE_NEUTRAL = {"input_embeds": None, "image_data": None, "audio_data": None, "video_data": None,
                     "lora_path": None, "lora_id": None, "session_params": None, "custom_logit_processor": None,
                     "return_hidden_states": False, "token_ids_logprob": None, "return_entropy": False}
@@ -256,6 +286,11 @@ def parse_generate(body: Any, limits: ModelLimits, tokenizer) -> GenerateCall:
         raise RequestError("body", "must be a JSON object")
     refuse_unsupported(body, GENERATE_NEUTRAL, "")
     refuse_unknown(body, GENERATE_KEYS | set(GENERATE_NEUTRAL), "")
+    for key, kind in IGNORED_TYPES.items():
+        x = body.get(key)
+        one = lambda v: v is None or (isinstance(v, kind) and not (kind is int and isinstance(v, bool)))  # noqa: E731
+        if not (one(x) or (isinstance(x, list) and all(one(v) for v in x))):
+            raise RequestError(key, f"must be a {kind.__name__} (or a list of them, one per prompt), got {json.dumps(x)[:100]}")
     if (body.get("text") is None) == (body.get("input_ids") is None):
         raise RequestError("input_ids", "give exactly one of 'input_ids' and 'text'")
     if body.get("input_ids") is not None:
@@ -265,10 +300,8 @@ def parse_generate(body: Any, limits: ModelLimits, tokenizer) -> GenerateCall:
             [token_ids(x, "input_ids", limits)]
     else:
         x = body["text"]
-        if tokenizer is None:
-            raise RequestError("text", "this model folder has no tokenizer: send input_ids")
         batch = isinstance(x, list)
-        prompts = [tokenizer.encode(t) for t in texts(x, "text")]
+        prompts = encode_texts(x, "text", tokenizer, "input_ids")
     count = len(prompts)
     sps = _per_prompt(body, "sampling_params", count, batch)
     rids = _rids(body.get("rid"), count, batch)

@@ -25,8 +25,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 import models
 from models.sampler import SamplingParams
 from rl.rollout.engine import Engine, Request
+from rl.data.prompts import load_tokenizer
 from rl.rollout.protocol import (GenerateCall, ModelLimits, RequestError, engine_requests, parse_generate,
-                                 refuse_unknown, sglang_answer)
+                                 refuse_unknown, sglang_answer, unencodable)
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 20.0  # as SGLang's /health_generate
@@ -91,18 +92,23 @@ async def read_json(request: HttpRequest) -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError("body", f"malformed JSON ({e})") from None
     except RecursionError:
         raise RequestError("body", "JSON nested too deeply") from None
+    where = unencodable(body)
+    if where is not None:
+        raise RequestError(where, "holds a lone surrogate (\\ud800-\\udfff), which is not valid Unicode")
+    return body
 
 
-def error_response(status: int, message: str, field: str | None = None) -> JSONResponse:
-    # SGLang's error shape, plus OpenAI's keys, so either kind of client finds a message.
-    return JSONResponse({"error": {"message": message, "type": "BadRequestError" if status == 400 else "Error",
-                                   "param": field, "code": status}, "object": "error", "message": message},
-                        status_code=status)
+def error_response(status: int, message: str, field: str | None = None) -> Response:
+    # SGLang's error shape, plus OpenAI's keys, so either kind of client finds a message. ASCII JSON:
+    # a message quoting the request can be written whatever it holds.
+    error = {"error": {"message": message, "type": "BadRequestError" if status == 400 else "Error",
+                       "param": field, "code": status}, "object": "error", "message": message}
+    return Response(json.dumps(error), status_code=status, media_type="application/json")
 
 
 def attach(requests: list[Request], stream: bool = False) -> asyncio.Queue:
@@ -170,7 +176,8 @@ def _finite(obj):
 
 class SGLangJSONResponse(JSONResponse):
     def render(self, content) -> bytes:
-        return dumps(content).encode("utf-8")
+        # A lone surrogate (from a path on disk, say) is written as its JSON escape, not refused.
+        return dumps(content).encode("utf-8", "backslashreplace")
 
 
 def sse(obj) -> str:
@@ -302,8 +309,10 @@ def create_app(state: ServerState) -> FastAPI:
         path, version = body.get("model_path"), body.get("weight_version")
         if not isinstance(path, str) or not path:
             raise RequestError("model_path", "must be a model folder path")
-        if version is not None and not isinstance(version, (str, int)):
+        if version is not None and (not isinstance(version, (str, int)) or isinstance(version, bool)):
             raise RequestError("weight_version", "must be a string")
+        if not isinstance(body.get("abort_all_requests", False), bool):
+            raise RequestError("abort_all_requests", "must be true or false")
         async with state.update_lock:
             if body.get("abort_all_requests"):
                 state.engine.abort(abort_all=True, message="Aborted by update_weights_from_disk")
@@ -315,8 +324,8 @@ def create_app(state: ServerState) -> FastAPI:
                     await asyncio.to_thread(state.engine.set_weights, params, cfg,
                                             state.engine.weight_version if version is None else str(version))
             except (ValueError, OSError) as e:  # CheckpointError / ConfigError are ValueErrors
-                return JSONResponse({"success": False, "message": f"Failed to update weights from {path}: {e}",
-                                     "num_paused_requests": 0}, status_code=400)
+                return SGLangJSONResponse({"success": False, "message": f"Failed to update weights from {path}: {e}",
+                                           "num_paused_requests": 0}, status_code=400)
         state.model_path = path
         return {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
 
@@ -413,12 +422,10 @@ def load_state(model_dir, *, slots: int = 32, context_length: int | None = None,
                served_model_name: str | None = None, weight_version: str = "default", api_key: str | None = None,
                server_args: dict | None = None) -> ServerState:
     """Load the folder (weights, tokenizer if any) and start the engine on it."""
-    from transformers import AutoTokenizer
-
     model_dir = Path(model_dir)
     cfg, params = models.load_hf(model_dir, None if dtype == "auto" else dtype, remat="none")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    try:  # a folder without tokenizer files got an empty tokenizer from transformers, not an error
+        tokenizer = load_tokenizer(model_dir)
     except (OSError, ValueError) as e:
         log.warning("%s: no usable tokenizer (%s); serving input_ids only", model_dir, e)
         tokenizer = None

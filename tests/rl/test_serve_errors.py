@@ -65,6 +65,26 @@ BAD = [
     ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "logprobs": True, "top_logprobs": 99},
      "top_logprobs"),
     ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "presence_penalty": 1.0}, "presence_penalty"),
+    # Found 2026-12-05, each answered 500 or was taken silently:
+    ("/generate", {"input_ids": [1], "sampling_params": {"temperature": 10**400}}, "temperature"),  # OverflowError
+    ("/generate", {"input_ids": [1], "sampling_params": {"top_p": -10**400}}, "top_p"),
+    ("/generate", {"input_ids": [1], "rid": "\ud800"}, "rid"),  # the answer echoing it could not be encoded
+    ("/generate", {"input_ids": [1], "bogus\ud800": 1}, "bogus"),  # nor the error naming it
+    ("/generate", {"input_ids": [1], "sampling_params": {"stop": ["ok", "\udc00"]}}, "sampling_params.stop[1]"),
+    ("/generate", {"input_ids": [1], "priority": "high"}, "priority"),
+    ("/generate", {"input_ids": [1], "modalities": 5}, "modalities"),
+    ("/update_weights_from_disk", {"model_path": "/x", "weight_version": True}, "weight_version"),
+    ("/update_weights_from_disk", {"model_path": "/x", "abort_all_requests": "yes"}, "abort_all_requests"),
+    ("/v1/completions", {"model": "\ud800", "prompt": "hi"}, "model"),
+    ("/v1/completions", {"model": 5, "prompt": "hi"}, "model"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "user": 5}, "user"),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "rid": 5}, "rid"),  # "cmpl-" + 5
+    ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "rid": ["x"]}, "rid"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "bogus", "content": "x"}]}, "messages[0].role"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "add_generation_prompt": "no"}, "add_generation_prompt"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "max_completion_tokens": -1}, "max_completion_tokens"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": MSG, "max_completion_tokens": 2, "max_tokens": "x"},
+     "max_tokens"),
 ]
 
 
@@ -121,3 +141,36 @@ def test_sglang_request_ids_and_routes(served):
     assert missing.status_code == 404 and "other" in missing.json()["error"]["message"]
     info = served.http.get("/get_server_info").json()
     assert info["model_path"] == info["tokenizer_path"] == str(served.model_dir)
+
+
+def test_batch_forms_of_the_fields_this_server_ignores_are_accepted(served):
+    body = {"input_ids": [[5, 9], [7]], "priority": [1, None], "custom_labels": {"team": "rl"}, "log_metrics": True,
+            "sampling_params": {"max_new_tokens": 1}}
+    assert len(served.generate(body)) == 2
+
+
+def test_chat_roles_are_taken_in_any_case(served):
+    r = served.post("/v1/chat/completions", {"model": "tiny", "max_tokens": 1,
+                                             "messages": [{"role": "SYSTEM", "content": "x"}, {"role": "User", "content": "y"}]})
+    assert r.status_code == 200, r.text
+
+
+def test_a_folder_without_tokenizer_files_serves_token_ids_only(serve_model_dir, tmp_path):
+    """transformers gave such a folder an empty tokenizer, not an error: text prompts became [] and its
+    pad token 0 an extra EOS."""
+    import shutil
+
+    from rl.rollout.protocol import RequestError, parse_generate
+    from rl.rollout.server import load_state
+
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(serve_model_dir / name, tmp_path / name)
+    state = load_state(tmp_path, slots=2)
+    try:
+        assert state.tokenizer is None
+        eos = json.loads((tmp_path / "config.json").read_text())["eos_token_id"]
+        assert state.limits.eos_token_ids == tuple(eos if isinstance(eos, list) else [eos])
+        with pytest.raises(RequestError, match="no tokenizer: send input_ids"):
+            parse_generate({"text": "hello"}, state.limits, state.tokenizer)
+    finally:
+        state.engine.close()

@@ -106,6 +106,17 @@ def test_stop_string_is_trimmed_unless_no_stop_trim(served):
     assert served.generate(body)["text"] == full
 
 
+def test_stop_string_longer_than_the_decoded_tail_matches(served):
+    """Only the last 64 output tokens were decoded to look for a stop string, so a longer one never matched."""
+    greedy = served.generate({"input_ids": PROMPTS[0], "sampling_params": {"max_new_tokens": 160, **GREEDY}})
+    stop = served.tokenizer.decode(greedy["output_ids"][40:140])
+    assert len(served.tokenizer.encode(stop)) > 64
+    out = served.generate({"input_ids": PROMPTS[0], "sampling_params": {"max_new_tokens": 160, **GREEDY,
+                                                                        "stop": [stop]}})
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert out["output_ids"] == greedy["output_ids"][:len(out["output_ids"])] and len(out["output_ids"]) <= 140
+
+
 def test_top_logprobs_text_and_input_logprobs(served):
     out = served.generate({"input_ids": PROMPTS[1], "return_logprob": True, "top_logprobs_num": 3,
                            "return_text_in_logprobs": True, "logprob_start_len": 0,
