@@ -219,10 +219,14 @@ def run(job: Job, fds: tuple[int, ...]) -> None:
     """Never returns. fds: stdin, stdout, stderr, status, ready-pipe write end."""
     try:
         _lock_down(job, fds)
-        text = job.args_text.decode("utf-8", "surrogateescape")
-        # json.loads: no digit limit here, and big integers must reach the solution as ints.
-        args = json.loads(text) if job.lcb_exact else \
-            None if job.fn_name is None else call_args(text, json.loads)
+        text = job.args_text.decode("utf-8", "surrogatepass")  # as pool.send_input encoded it
+        try:
+            # json.loads: no digit limit here, and big integers must reach the solution as ints.
+            args = json.loads(text) if job.lcb_exact else \
+                None if job.fn_name is None else call_args(text, json.loads)
+            too_big = None
+        except MemoryError as e:  # arguments that alone exceed the memory limit: the test's verdict
+            args, too_big = None, e
         out, err = sys.stdout, sys.stderr  # kept: the solution may rebind sys.stdout
         seccomp_filter.install(job.bpf)
         os.write(4, b"R")
@@ -230,6 +234,9 @@ def run(job: Job, fds: tuple[int, ...]) -> None:
     except BaseException as e:  # noqa: BLE001
         os.write(2, f"sandbox set-up failed: {e!r}\n".encode())
         os._exit(SETUP_FAILED)
+    if too_big is not None:
+        os.write(3, json.dumps(_error(too_big)).encode())
+        os._exit(1)
     if job.lcb_exact:
         report = lambda record: os.write(3, (json.dumps(record) + "\n").encode())  # noqa: E731
         lcb_exact.run_all(job.code, job.fn_name, job.solution_class, args, job.time_limit, report)

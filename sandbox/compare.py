@@ -126,10 +126,14 @@ def _encode(v, depth: int):
     module = type(v).__module__ or ""
     if module == "numpy" or module.startswith("numpy."):
         import numpy as np  # only when the solution returned a numpy value
-        if isinstance(v, np.generic) and v.dtype.kind in _NUMPY_KINDS:
-            return {"npscalar": [v.dtype.str, _encode(v.item(), depth + 1)]}
-        if isinstance(v, np.ndarray) and v.dtype.kind in _NUMPY_KINDS:
-            return {"ndarray": [v.dtype.str, list(v.shape), _encode(v.tolist(), depth + 1)]}
+        if isinstance(v, (np.generic, np.ndarray)) and v.dtype.kind in _NUMPY_KINDS:
+            # item() and tolist() of longdouble / clongdouble give numpy scalars again: those
+            # values are carried as float64 / complex128.
+            wide = {"f": np.float64, "c": np.complex128}.get(v.dtype.kind)
+            plain = v.astype(wide) if wide is not None and v.dtype.itemsize > np.dtype(wide).itemsize else v
+            if isinstance(v, np.generic):
+                return {"npscalar": [v.dtype.str, _encode(plain.item(), depth + 1)]}
+            return {"ndarray": [v.dtype.str, list(v.shape), _encode(plain.tolist(), depth + 1)]}
     return {"opaque": type(v).__name__[:100]}
 
 

@@ -35,6 +35,8 @@ class Options:
             check_time_limit(self.time_limit)
         if self.memory_mb is not None:
             check_memory_mb(self.memory_mb)
+        if isinstance(self.output_cap, bool) or not isinstance(self.output_cap, int) or self.output_cap < 1:
+            raise ValueError(f"output_cap: expected a positive number of bytes, got {self.output_cap!r}")
 
 
 def cpu_seconds(time_limit: float) -> int:

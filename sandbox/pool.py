@@ -92,8 +92,10 @@ class Worker:
 
     def send_input(self, text: str) -> None:
         """A test's input, as raw bytes after a frame (the server reads them into a buffer it
-        zeroes after the test)."""
-        data = text.encode("utf-8", "surrogateescape")
+        zeroes after the test). surrogatepass: JSON strings may hold lone surrogates. As in
+        LiveCodeBench, a call's arguments keep them (the child decodes them back) and reading
+        one from stdin fails (there it cannot be encoded; here it is not valid UTF-8)."""
+        data = text.encode("utf-8", "surrogatepass")
         try:
             ipc.send(self.proc.stdin.fileno(), ("input", {"size": len(data)}), raw=data)
         except OSError as e:
@@ -136,6 +138,8 @@ class SandboxPool:
         """Options (see grader.Options): all_tests, time_limit, memory_mb, float_tolerance."""
         if not isinstance(problem, Problem):
             problem = Problem.from_dict(problem)
+        if not isinstance(code, str):
+            raise TypeError(f"code: expected the program text (str), got {type(code).__name__}")
         opts = dataclasses.replace(self.defaults, **options)
         worker = self._idle.get()
         try:

@@ -84,6 +84,11 @@ class Test:
     output: str
     unwrap: bool = False
 
+    def __post_init__(self):  # from_dict names the test; this guards a Test built directly
+        for name in ("input", "output"):
+            if not isinstance(getattr(self, name), str):
+                raise ProblemError(f"test {name}: expected a string, got {type(getattr(self, name)).__name__}")
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -93,6 +98,23 @@ class Problem:
     time_limit: float = DEFAULT_TIME_LIMIT  # seconds of wall clock, per test
     memory_mb: int = DEFAULT_MEMORY_MB
     metadata: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):  # every way a Problem is made (from_dict, directly, replace) is checked
+        if isinstance(self.tests, list):
+            object.__setattr__(self, "tests", tuple(self.tests))
+        if not isinstance(self.tests, tuple) or not all(isinstance(t, Test) for t in self.tests):
+            raise ProblemError("tests: expected Test objects")
+        if not self.tests:
+            raise ProblemError("tests: empty")
+        if self.fn_name is not None and (not isinstance(self.fn_name, str) or not self.fn_name.isidentifier()):
+            raise ProblemError(f"fn_name: not a Python identifier: {self.fn_name!r}")
+        if not isinstance(self.starter_code, str):
+            raise ProblemError("starter_code: expected a string")
+        try:
+            object.__setattr__(self, "time_limit", check_time_limit(self.time_limit))
+            object.__setattr__(self, "memory_mb", check_memory_mb(self.memory_mb))
+        except ValueError as e:
+            raise ProblemError(str(e)) from None
 
     @property
     def call_based(self) -> bool:
@@ -169,17 +191,8 @@ class Problem:
             raise ProblemError(f"{source}: not a Python identifier: {fn_name!r}")
         tests = _taco_tests(tests_raw, fn_name) if isinstance(tests_raw, dict) else \
             _lcb_tests(tests_raw, fn_name, labels)
-        if not tests:
-            raise ProblemError("tests: empty")
-        starter = row.get("starter_code") or ""
-        if not isinstance(starter, str):
-            raise ProblemError("starter_code: expected a string")
-        try:
-            time_limit = check_time_limit(row.get("time_limit", DEFAULT_TIME_LIMIT))
-            memory_mb = check_memory_mb(row.get("memory_mb", DEFAULT_MEMORY_MB))
-        except ValueError as e:
-            raise ProblemError(str(e)) from None
-        return cls(tuple(tests), fn_name, starter, time_limit, memory_mb, metadata)
+        return cls(tuple(tests), fn_name, row.get("starter_code") or "", row.get("time_limit", DEFAULT_TIME_LIMIT),
+                   row.get("memory_mb", DEFAULT_MEMORY_MB), metadata)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Problem":

@@ -153,6 +153,7 @@ class Zygote:
         self.solution_class = False
         self.counter = 0
         self.next = None  # during a run: the grader's next message, once read (op_run)
+        self.unread = False  # whether self.next is an input whose bytes are still in the pipe
         self.pid = os.getpid()
         # Set by a server while it compiles, so that its death then is the solution's verdict.
         self.compiling = mmap.mmap(-1, 1)  # shared with the forks
@@ -202,17 +203,29 @@ class Zygote:
             traceback.print_exc()
         os._exit(0 if served else 1)
 
-    def _read_message(self) -> bytearray | str:
+    def _read_message(self, body: bool = True) -> bytearray | str:
         """The grader's next message during a run: a test's input, or "stop". Exit if the
         grader is gone. The input is read straight into a buffer of its own, which is zeroed
-        once its test ends (_scrub): no later test finds it in memory it inherits."""
+        once its test ends (_scrub): no later test finds it in memory it inherits. With
+        body=False only its frame is read and the buffer is filled later (_read_body)."""
         try:
             op, payload = ipc.recv(self.requests)
             if op != "input":
                 return op
             buffer = bytearray(payload["size"])
-            ipc.recv_into(self.requests, buffer)
+            if body:
+                ipc.recv_into(self.requests, buffer)
+            else:
+                self.unread = True
             return buffer
+        except EOFError:
+            os._exit(1)
+
+    def _read_body(self, buffer: bytearray) -> None:
+        """The bytes of an input whose frame _wait read while a test ran."""
+        self.unread = False
+        try:
+            ipc.recv_into(self.requests, buffer)
         except EOFError:
             os._exit(1)
 
@@ -270,6 +283,8 @@ class Zygote:
             _scrub(stdin)
             if result is None:  # stopped while it ran
                 break
+            if self.unread:
+                self._read_body(self.next)
             if index + 1 < count and self.next is None:  # the reply to the previous result
                 self.next = self._read_message()
             self._send_result(index, result)
@@ -370,15 +385,17 @@ class Zygote:
         try:
             while True:
                 left = deadline - time.monotonic()
+                events = dict(poller.poll(max(left, 0) * 1000 + 1))
+                if pidfd in events:  # looked at before the clock: a child that exited in time did
+                    break
                 if left <= 0:
                     outcome = "timed_out"
                     break
-                events = dict(poller.poll(left * 1000 + 1))
-                if pidfd in events:
-                    break
                 if self.requests in events:
                     poller.unregister(self.requests)  # one message at most (op_run)
-                    self.next = self._read_message()
+                    # Only its frame: its bytes (maybe hundreds of MB) wait until the test ends, so
+                    # reading them never holds up the verdict or the kill.
+                    self.next = self._read_message(body=False)
                     if self.next == "stop":
                         outcome = "stopped"
                         break

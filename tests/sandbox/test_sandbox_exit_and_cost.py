@@ -10,7 +10,7 @@ import time
 import pytest
 
 from sandbox import Verdict
-from sandbox_helpers import assert_untouched, stdin_problem
+from sandbox_helpers import assert_untouched, call_problem, stdin_problem
 
 AC, WA, TL, ML, RE = (Verdict.ACCEPTED, Verdict.WRONG_ANSWER, Verdict.TIME_LIMIT,
                       Verdict.MEMORY_LIMIT, Verdict.RUNTIME_ERROR)
@@ -162,3 +162,33 @@ def test_grading_cost_grows_linearly_with_hostile_input():
         # Linear: 16x the bytes cost ~16x (caches make it up to ~25x), quadratic 256x. Generous
         # margins for a loaded machine, and a floor for steps too quick to time.
         assert t4 <= 12 * t1 + 0.05 and t16 <= 64 * t1 + 0.2, (name, t1, t4, t16)
+
+
+def test_a_test_that_exits_in_time_is_not_timed_out_by_a_slow_next_input(monkeypatch):
+    """While a test ran the zygote read the next test's whole input, then looked at the clock before the
+    child: a grader slow to write that input (a busy grading thread, hundreds of MB) turned a program
+    that had long exited into time_limit. Here the grader pauses between an input's frame and its bytes."""
+    from sandbox import SandboxPool, ipc
+
+    send = ipc.send
+
+    def slow_send(fd, obj, raw=None, files=None):
+        if raw is None:
+            return send(fd, obj, raw, files)
+        send(fd, obj)
+        time.sleep(1.5)
+        ipc._write_all(fd, memoryview(raw))
+
+    monkeypatch.setattr(ipc, "send", slow_send)  # the grading side only: the zygote is its own process
+    with SandboxPool(workers=1, time_limit=1.0, memory_mb=512) as pool:
+        result = pool.grade(stdin_problem([("1 2", "3"), ("2 2", "4"), ("5 5", "10")]), READ + "print(a + b)\n",
+                            all_tests=True)
+    assert [t.verdict for t in result.tests] == [AC, AC, AC], result
+    assert max(t.time for t in result.tests) < 0.5
+
+
+def test_arguments_too_big_for_the_memory_limit_are_a_memory_limit(pool):
+    """They were parsed before the child reported ready, so a MemoryError there was a sandbox_error."""
+    problem = call_problem("f", [(json.dumps(list(range(3_000_000))), "3000000")])
+    assert pool.grade(problem, "def f(a):\n    return len(a)\n", memory_mb=200).verdict is ML
+    assert pool.grade(problem, "def f(a):\n    return len(a)\n", memory_mb=1024).verdict is AC

@@ -9,6 +9,7 @@ import warnings
 import pytest
 
 from sandbox import Problem, ProblemError, SandboxPool, Verdict, extract_code
+from sandbox.problem import Test
 from sandbox.compare import stdout_matches
 from sandbox.grader import run_order
 from sandbox.pool import Worker
@@ -365,3 +366,33 @@ def test_cli_help():
     assert top.returncode == 0 and "grade" in top.stdout and "python -m sandbox grade --help" in top.stdout
     assert grade.returncode == 0 and "--all-tests" in grade.stdout and "fn_name" in grade.stdout
     assert "Exit status: 0 whatever the verdict" in grade.stdout
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Problem(()), "tests: empty"),
+    (lambda: Problem(("x",)), "tests: expected Test objects"),
+    (lambda: Problem((Test(1, "2"),)), "test input: expected a string, got int"),
+    (lambda: Problem((Test("1", None),)), "test output: expected a string, got NoneType"),
+    (lambda: Problem((Test("1", "2"),), time_limit=-1), "time_limit"),
+    (lambda: Problem((Test("1", "2"),), time_limit=float("nan")), "time_limit"),
+    (lambda: Problem((Test("1", "2"),), memory_mb=1), "memory_mb"),
+    (lambda: Problem((Test("1", "2"),), fn_name="not a name"), "fn_name"),
+])
+def test_a_problem_built_directly_is_checked_as_from_dict_checks_it(make, message):
+    """Only from_dict checked: Problem(()) in lcb_exact mode was *accepted* with no test run, and in the
+    default mode waited 2 x (time limit + 10 s) for an input that never came."""
+    with pytest.raises(ProblemError, match=message):
+        make()
+
+
+def test_bad_code_and_output_cap_are_refused_before_anything_runs(pool):
+    """bytes or None as the code crashed the zygote twice (sandbox_error); output_cap 0 made every
+    program output_limit, and -1 crashed the zygote."""
+    problem = stdin_problem([("1", "1")])
+    for code in (b"print(1)", None):
+        with pytest.raises(TypeError, match="code: expected the program text"):
+            pool.grade(problem, code)
+    for cap in (0, -1, "x", True):
+        with pytest.raises(ValueError, match="output_cap"):
+            pool.grade(problem, "print(1)", output_cap=cap)
+    assert pool.grade(problem, "print(1)").verdict is A

@@ -27,6 +27,7 @@ from sandbox import Problem, ProblemError, Verdict
 from sandbox.compare import (Opaque, decode_return, encode_return, stdout_matches,
                              typed_return_matches)
 from sandbox.problem import call_args
+from sandbox_helpers import call_problem
 
 sys.set_int_max_str_digits(0)  # the table holds 5000-digit numbers
 
@@ -147,6 +148,10 @@ def test_typed_return_numpy_and_numbers():
     assert typed_return_matches(encode_return(Fraction(1, 2)), "0.5") is True
     assert typed_return_matches(encode_return(complex(2, 0)), "2") is True
     assert typed_return_matches(encode_return(np.array(["a"], dtype=object)), '["a"]') is False  # opaque
+    # item() of these gives the numpy scalar back: the encoder recursed until it gave up (opaque).
+    assert typed_return_matches(encode_return(np.longdouble(2.5)), "2.5") is True
+    assert typed_return_matches(encode_return(np.array([2.5], dtype=np.longdouble)), "[2.5]") is True
+    assert typed_return_matches(encode_return(np.clongdouble(2)), "2") is True
 
 
 def test_typed_return_subclasses_cannot_cheat():
@@ -288,3 +293,13 @@ def test_taco_call_based_inputs_are_argument_lists(pool):
     assert p.tests[0].input == '[1, 2, 3]\n"ab"' and p.tests[0].unwrap
     code = "def tag(xs, s):\n    return s + str(sum(xs))\n"
     assert pool.grade(p, code, all_tests=True).passed  # "ab6" matches the wrapped ["ab6"]
+
+
+def test_a_lone_surrogate_in_an_input_is_graded_as_livecodebench_grades_it(pool):
+    """JSON may hold one; encoding it for the zygote raised out of grade(). LiveCodeBench passes it to a
+    call as it is, and fails to encode it for a stdin program (a runtime error)."""
+    call = call_problem("f", [('"a\\ud800"', "2")])
+    assert pool.grade(call, "def f(s):\n    return len(s)\n").verdict is Verdict.ACCEPTED
+    stdin = Problem.from_dict(json.loads('{"tests": [{"input": "a\\ud800\\n", "output": "2", "testtype": "stdin"}]}'))
+    assert stdin.tests[0].input == "a\ud800\n"
+    assert pool.grade(stdin, "print(len(input()))\n").verdict is Verdict.RUNTIME_ERROR
