@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import secrets
 import time
 from pathlib import Path
@@ -87,6 +88,9 @@ class ModelLock:
                 self._cond.notify_all()
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 async def read_json(request: HttpRequest) -> Any:
     raw = await request.body()
     if not raw.strip():
@@ -97,7 +101,8 @@ async def read_json(request: HttpRequest) -> Any:
         raise RequestError("body", f"malformed JSON ({e})") from None
     except RecursionError:
         raise RequestError("body", "JSON nested too deeply") from None
-    where = unencodable(body)
+    # A surrogate can only arrive as a JSON escape: walk the body only when the text holds one.
+    where = unencodable(body) if _SURROGATE_ESCAPE.search(raw) else None
     if where is not None:
         raise RequestError(where, "holds a lone surrogate (\\ud800-\\udfff), which is not valid Unicode")
     return body
