@@ -157,7 +157,7 @@ class ModelConfig:
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
         try:
-            hf = json.loads(path.read_text(encoding="utf-8"))
+            hf = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is no error
         except (ValueError, RecursionError) as e:  # ValueError: also undecodable bytes
             raise ConfigError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
         if not isinstance(hf, dict):

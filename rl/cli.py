@@ -43,6 +43,13 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def folder(text: str) -> Path:
+    """argparse type of a folder to write into: blank text would be the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
+    return Path(text)
+
+
 def out_file(text: str) -> Path:
     """argparse type of a file to write: refused before the work, not after it, when it cannot be."""
     path = Path(text)

@@ -95,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(args.out)
+    try:
+        tmp.write_text("".join(kept))
+        tmp.replace(args.out)
+    except OSError as e:  # a full disk, no permission, a folder in the way: the inputs are untouched
+        print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"out": str(args.out), "window": [args.min, args.max], **counts}))
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from rl.cli import HelpFormatter, number, printable, window_arg
+from rl.cli import HelpFormatter, folder, number, printable, window_arg
 from rl.hugepages import reexec_with_huge_pages
 
 DEFAULT_CONCURRENCY = 256
@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     grade.add_argument("--memory-mb", type=_positive_int, default=4096, help="memory per test")
     grade.add_argument("--lcb-exact", action="store_true", help="grade with LiveCodeBench's exact comparison")
     grade.add_argument("--workers", type=int, default=0, help="sandbox processes (0: one per core)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=folder, default=None,
                    help="folder for results.json and samples.jsonl; re-running on it resumes")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = p.parse_args(argv)

@@ -32,7 +32,7 @@ from rl.rollout.records import sample_seed
 SAMPLES_FILE, RESULTS_FILE = "samples.jsonl", "results.json"
 FORMAT = 1
 # What a sample line keeps of its grade for the per-problem rows (the rest stays in samples.jsonl).
-_SUMMARY = ("passed", "verdict", "length", "truncated", "format_error")
+_SUMMARY = {"passed": bool, "verdict": str, "length": int, "truncated": bool, "format_error": bool}  # and types
 
 
 class EvaluationError(ValueError):
@@ -218,7 +218,7 @@ def _resume(out: Path, setup: dict, ids: set[str], n: int) -> dict[str, list[dic
             try:
                 line = json.loads(raw)
                 key, index = line["problem"], line["index"]
-                if not all(k in line for k in _SUMMARY):
+                if not all(type(line[k]) is t for k, t in _SUMMARY.items()):  # type(): a bool is no length
                     continue
             except (ValueError, RecursionError, TypeError, KeyError):
                 continue  # a line cut short by a crash: its problem is redone
@@ -248,8 +248,8 @@ def load_results(path) -> dict:
     if not isinstance(results, dict) or not isinstance(results.get("problems"), list):
         raise EvaluationError(f"{file}: not an rl.evaluate results file (no 'problems' list)")
     for i, row in enumerate(results["problems"]):
-        if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("n"), int)
-                and isinstance(row.get("c"), int) and 0 <= row["c"] <= row["n"] and row["n"] >= 1):
+        if not (isinstance(row, dict) and isinstance(row.get("id"), str) and type(row.get("n")) is int
+                and type(row.get("c")) is int and 0 <= row["c"] <= row["n"] and row["n"] >= 1):
             raise EvaluationError(f"{file}: problems[{i}]: expected an object with id, n >= 1 and 0 <= c <= n")
     _refuse_repeats([row["id"] for row in results["problems"]], f"{file}: ")  # pairs need one row per problem
     results["path"] = str(file.parent)

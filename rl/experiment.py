@@ -326,7 +326,10 @@ def parse_value(text: str, tp):
         return None
     if typing.get_origin(inner) is tuple:
         if text.strip().startswith("["):
-            items = json.loads(text)
+            try:
+                items = json.loads(text)
+            except RecursionError:
+                raise ValueError("a JSON list nested too deeply") from None
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 raise ValueError("expected a JSON list of strings")
             return tuple(items)
@@ -360,7 +363,7 @@ class Source:
 
     def where(self, key: str) -> str:
         """"experiments/x.py:12" where the key is set, "--set key=value" for an override."""
-        for k, text in self.overrides:
+        for k, text in reversed(self.overrides):  # the last --set of a key is the one applied
             if k == key:
                 return f"{self.name} (--set {k}={text})"
         section, _, name = key.rpartition(".")

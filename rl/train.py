@@ -21,6 +21,7 @@ from rl.hugepages import reexec_with_huge_pages
 if __name__ == "__main__":  # before jax loads below: glibc reads its tunables only at start-up
     reexec_with_huge_pages()
 
+from rl.cli import folder  # noqa: E402
 from rl.experiment import Experiment, ExperimentError, available, check_resources, load, validate  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one setting, e.g. --set rollout.group_size=16 (repeatable); lists are "
                              "comma-separated, none clears an optional value")
-    parser.add_argument("--run-dir", type=Path, help="where the run writes (default: runs/<name>)")
+    parser.add_argument("--run-dir", type=folder, help="where the run writes (default: runs/<name>)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config as JSON")
     parser.add_argument("--require-improvement", action="store_true",
                         help="exit 3 unless the last held-out pass@1 is above the one before RL (the main job's check)")

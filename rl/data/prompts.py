@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jinja2 import TemplateError
 from tqdm import tqdm
 
 from .sources import ProblemRecord
@@ -54,7 +55,10 @@ def load_tokenizer(model_dir: str | Path):
         raise FileNotFoundError(f"{folder}: no such model folder")
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json, tokenizer_config.json)")
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception on a garbled tokenizer.json
+        raise ValueError(f"{folder}: its tokenizer files do not load ({type(e).__name__}: {e})") from None
 
 
 def render_prompt(rec: ProblemRecord, tokenizer, style: str = "lcb") -> list[int]:
@@ -62,8 +66,13 @@ def render_prompt(rec: ProblemRecord, tokenizer, style: str = "lcb") -> list[int
     template writes any BOS itself, so the tokenizer adds no special tokens of its own."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
-    text = tokenizer.apply_chat_template(prompt_messages(rec, style), tokenize=False,
-                                         add_generation_prompt=True)
+    try:
+        text = tokenizer.apply_chat_template(prompt_messages(rec, style), tokenize=False,
+                                             add_generation_prompt=True)
+    except TemplateError as e:  # e.g. a template that refuses a system message (raise_exception)
+        hint = " (the r1 prompt style sends no system message)" if style == "lcb" else ""
+        raise ValueError(f"{getattr(tokenizer, 'name_or_path', '')}: its chat template cannot render the "
+                         f"{style!r} prompt: {e}{hint}") from None
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

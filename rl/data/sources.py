@@ -292,7 +292,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any, str]]:
 
 def _json_rows(path: Path):
     try:
-        data = loads_json(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8-sig"))  # a byte-order mark, as .jsonl takes it
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise DataError(f"{path}: not readable as JSON ({type(e).__name__}: {e})") from None
     rows = data if isinstance(data, list) else [data]  # one object: a single problem file

@@ -336,3 +336,35 @@ def test_command_line(tiny_model_dir, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([str(DATA / "missing.jsonl"), "--window", "2025-02-30:"])
     assert exit_.value.code == 2 and "--window" in (err := capsys.readouterr().err) and "2025-02-30" in err
+
+
+def test_a_chat_template_that_refuses_the_prompt_is_named_with_the_style_to_try(tmp_path, tiny_model_dir, lcb):
+    """A template that raises (Gemma's and Mistral's refuse a system message) was a jinja2 traceback."""
+    folder = tmp_path / "tok"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}")
+    tokenizer = load_tokenizer(folder)
+    with pytest.raises(ValueError, match=r"cannot render the 'lcb' prompt: System role not supported \(the r1"):
+        render_prompt(lcb[0], tokenizer, "lcb")
+    assert render_prompt(lcb[0], tokenizer, "r1")
+
+
+def test_garbled_tokenizer_files_are_named(tmp_path, tiny_model_dir):
+    folder = tmp_path / "tok"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "tokenizer.json").write_text("{x")
+    with pytest.raises(ValueError, match="tok: its tokenizer files do not load"):
+        load_tokenizer(folder)
+
+
+def test_a_json_problem_file_with_a_byte_order_mark_loads_as_its_jsonl_twin_does(tmp_path):
+    rows = [json.loads(line) for line in (DATA / "lcb_code_generation.jsonl").read_text().splitlines()]
+    (tmp_path / "p.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    (tmp_path / "p.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    from_json, from_jsonl = load_problems(tmp_path / "p.json")[0], load_problems(tmp_path / "p.jsonl")[0]
+    assert len(from_json) == len(rows) and [r.question for r in from_json] == [r.question for r in from_jsonl]

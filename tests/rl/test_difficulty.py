@@ -79,3 +79,11 @@ def test_parquet_rows_are_written_as_strict_json(tmp_path, capsys):
     captured = capsys.readouterr()
     assert (strict(captured.out)["kept"], strict(captured.out)["unwritable"]) == (2, 1)
     assert f"{problems} row 1" in captured.err and "not UTF-8" in captured.err
+
+
+def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps({"problems": []}))
+    out = tmp_path / "kept.jsonl"
+    (tmp_path / "kept.jsonl.tmp").mkdir()  # a folder where the output is staged
+    assert rl.difficulty.main([str(tmp_path), "--problems", str(HELDOUT_FILE), "--out", str(out)]) == 2
+    assert f"error: cannot write {out}" in capsys.readouterr().err

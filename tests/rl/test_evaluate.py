@@ -213,6 +213,15 @@ def test_compare_prints_ids_that_utf8_cannot_encode(tmp_path, capsys):
     assert "+ p\\ud800: A 0/4 -> B 4/4" in capsys.readouterr().out
 
 
+def test_compare_refuses_booleans_as_counts(tmp_path, capsys):
+    a = _result(tmp_path / "a", [("p1", 0)])
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "results.json").write_text(json.dumps({"problems": [{"id": "p1", "n": True, "c": True}]}))
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "problems[0]: expected an object with id, n >= 1" in capsys.readouterr().err
+
+
 def test_compare_resamples_are_bounded(tmp_path, capsys):
     """--resamples 10^9 drew a [resamples, problems] index array at once: a MemoryError."""
     with pytest.raises(SystemExit) as exit_:
@@ -278,9 +287,26 @@ def test_resume_refuses_a_results_file_that_is_not_an_object(tmp_path, results):
         evaluation._resume(out, {}, {"p"}, 2)
 
 
+@pytest.mark.parametrize("change", [{"length": None}, {"verdict": [1]}, {"passed": 1}, {"length": True}])
+def test_resume_redoes_a_problem_whose_sample_line_has_a_field_of_the_wrong_type(tmp_path, change):
+    """Such a line (a damaged folder) was taken, and summing its fields crashed the resume."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    setup = {k: 1 for k in evaluation._RESUME_KEYS}
+    (out / "results.json").write_text(json.dumps(setup))
+    line = {"problem": "p", "passed": True, "verdict": "accepted", "length": 7, "truncated": False,
+            "format_error": False}
+    (out / "samples.jsonl").write_text(json.dumps({**line, "index": 0}) + "\n" + json.dumps({**line, "index": 1}) + "\n")
+    assert list(evaluation._resume(out, setup, {"p"}, 2)) == ["p"]
+    (out / "samples.jsonl").write_text(json.dumps({**line, "index": 0}) + "\n"
+                                       + json.dumps({**line, "index": 1, **change}) + "\n")
+    assert evaluation._resume(out, setup, {"p"}, 2) == {}
+    assert (out / "samples.jsonl").read_text() == ""  # the unfinished problem's lines are cut: it is redone
+
+
 @pytest.mark.parametrize("argv", [["compare", "a", "b", "--resamples", "0"], ["--temperature", "nan"],
                                   ["--time-limit", "-1"], ["--memory-mb", "0"], ["--window", "2024-13-01:"],
-                                  ["--wait", "nan"], ["--max-running-requests", "0"]])
+                                  ["--wait", "nan"], ["--max-running-requests", "0"], ["--out", ""]])
 def test_bad_numbers_are_refused_before_anything_starts(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv + ([] if argv[0] == "compare" else ["--model", "m", "--problems", "p"]))

@@ -33,6 +33,22 @@ def test_dry_run_errors_exit_2_naming_file_and_key(capsys):
     assert err.startswith("error: experiments/tiny_dapo.py (--set batch.micro_batches=5): batch.micro_batches: ")
 
 
+def test_set_errors_name_the_value_applied_and_survive_deep_json(capsys):
+    """A key set twice was blamed on its first value; a deeply nested JSON list was a RecursionError."""
+    assert rl.train.main(["tiny_dapo", "--dry-run", "--set", "rollout.group_size=8",
+                          "--set", "rollout.group_size=1"]) == 2
+    assert "(--set rollout.group_size=1): rollout.group_size: must be >= 2" in capsys.readouterr().err
+    assert rl.train.main(["tiny_dapo", "--dry-run", "--set", "data.train=" + "[" * 5000 + "]" * 5000]) == 2
+    assert "data.train: a JSON list nested too deeply" in capsys.readouterr().err
+
+
+def test_an_empty_run_dir_is_refused(capsys):
+    """--run-dir "" was the current directory: the whole run was written there."""
+    with pytest.raises(SystemExit) as exit_info:
+        rl.train.main(["tiny_dapo", "--run-dir", ""])
+    assert exit_info.value.code == 2 and "--run-dir: expected a folder, got an empty path" in capsys.readouterr().err
+
+
 def test_dry_run_checks_a_fully_given_mesh_only(capsys):
     # The test session has 8 devices: a -1 axis is left to run time, a full mesh must fit now.
     assert rl.train.main(["tiny_dapo", "--dry-run", "--set", "mesh.fsdp=-1", "--set", "mesh.data=3"]) == 0

@@ -100,9 +100,15 @@ def test_cli_regenerates_the_shipped_files_and_refuses_bad_arguments(tmp_path, s
     assert main(["problems", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "train.jsonl").read_text() == TRAIN_FILE.read_text()
     assert (tmp_path / "heldout.jsonl").read_text() == HELDOUT_FILE.read_text()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["build", "--out", str(tmp_path / "m"), "--steps", "0"])
-    assert exit_info.value.code == 2 and "--steps" in capsys.readouterr().err
+    for bad, message in ((["--steps", "1"], "--steps must be at least 2"),  # optax: a decay of 0 steps
+                         (["--lr", "inf"], "--lr must be a positive finite number"),  # trained to NaN, exit 0
+                         (["--out", ""], "expected a folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["build", "--out", str(tmp_path / "m"), *bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert main(["problems", "--out", str(tmp_path / "a_file")]) == 2  # was a FileExistsError traceback
+    assert "python -m rl.tiny problems: " in capsys.readouterr().err
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
     assert main(["build", "--out", str(tmp_path / "m"), "--train", str(tmp_path / "bad.jsonl")]) == 2
     assert "bad.jsonl:1: missing ['solution', 'tests']" in capsys.readouterr().err
