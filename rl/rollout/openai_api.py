@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import StreamingResponse
 
 from rl.rollout.engine import TOP_LOGPROBS_MAX, Request
-from rl.rollout.protocol import (RequestError, Sampling, encode_texts, check_length, output_text, refuse_unknown,
+from rl.rollout.protocol import (RequestError, Sampling, check_length, encode_texts, output_text, refuse_unknown,
                                  refuse_unsupported, sampling_from, token_ids)
 
 COMMON_KEYS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options", "user",

@@ -281,6 +281,10 @@ def _rids(x, count: int, batch: bool) -> list:
     return x
 
 
+def _of_type(x, kind: type) -> bool:
+    return x is None or (isinstance(x, kind) and not (kind is int and isinstance(x, bool)))
+
+
 def parse_generate(body: Any, limits: ModelLimits, tokenizer) -> GenerateCall:
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object")
@@ -288,9 +292,9 @@ def parse_generate(body: Any, limits: ModelLimits, tokenizer) -> GenerateCall:
     refuse_unknown(body, GENERATE_KEYS | set(GENERATE_NEUTRAL), "")
     for key, kind in IGNORED_TYPES.items():
         x = body.get(key)
-        one = lambda v: v is None or (isinstance(v, kind) and not (kind is int and isinstance(v, bool)))  # noqa: E731
-        if not (one(x) or (isinstance(x, list) and all(one(v) for v in x))):
-            raise RequestError(key, f"must be a {kind.__name__} (or a list of them, one per prompt), got {json.dumps(x)[:100]}")
+        if not (_of_type(x, kind) or (isinstance(x, list) and all(_of_type(v, kind) for v in x))):
+            raise RequestError(key, f"must be a {kind.__name__} (or a list of them, one per prompt), "
+                                    f"got {json.dumps(x)[:100]}")
     if (body.get("text") is None) == (body.get("input_ids") is None):
         raise RequestError("input_ids", "give exactly one of 'input_ids' and 'text'")
     if body.get("input_ids") is not None:

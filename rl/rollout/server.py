@@ -25,8 +25,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 import models
 from models.sampler import SamplingParams
-from rl.rollout.engine import Engine, Request
 from rl.data.prompts import load_tokenizer
+from rl.rollout.engine import Engine, Request
 from rl.rollout.protocol import (GenerateCall, ModelLimits, RequestError, engine_requests, parse_generate,
                                  refuse_unknown, sglang_answer, unencodable)
 
