@@ -94,6 +94,7 @@ class _Static:
     compute_entropy: bool
     compiler_options: tuple  # sorted (XLA option, value) pairs
     rollout_logprobs: bool = True  # rollout.logprobs: use the servers' logprobs (TIS, mismatch metrics)
+    temperature: float = 1.0  # rollout.temperature: the policy that sampled is softmax(logits / T)
 
     @functools.cached_property
     def shardings(self):
@@ -125,9 +126,10 @@ def _jitted_update(static: _Static):
 
 
 def _logprobs(static: _Static, params, tokens_RL, segment_ids_RL, index_NT, entropy: bool):
-    """Logprobs (and entropies) of the loss view's tokens under params, from the packed model view."""
+    """Logprobs (and entropies) of the loss view's tokens under params, from the packed model view, at the
+    rollout temperature: the ratio is that of the policy that sampled (as verl's actor divides its logits)."""
     out = models.token_logprobs(params, static.cfg, tokens_RL, segment_ids=segment_ids_RL,
-                                return_entropy=entropy, chunk_size=static.chunk_size)
+                                return_entropy=entropy, chunk_size=static.chunk_size, temperature=static.temperature)
     return jax.tree.map(lambda x: _gather(x, index_NT), out)
 
 
@@ -232,7 +234,8 @@ class Trainer:
                           f"holds them whole: {'; '.join(unsplit[:6])}{' ...' if len(unsplit) > 6 else ''} "
                           "(choose mesh sizes that divide the model's dimensions)", RuntimeWarning, stacklevel=2)
         self._static = _Static(exp.objective, exp.optimizer, cfg, mesh, chunk_size, compute_entropy,
-                               tuple(sorted((compiler_options or {}).items())), exp.rollout.logprobs)
+                               tuple(sorted((compiler_options or {}).items())), exp.rollout.logprobs,
+                               float(exp.rollout.temperature))
         self.optimizer = make_optimizer(exp.optimizer)
         self.state_shardings, self._abstract, self.batch_shardings = self._static.shardings
         self.param_shardings = self.state_shardings.params

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 from rl.losses.overlong import apply_overlong_filter
 from rl.losses.registry import get_objective
 
+KL_LOG_RATIO_MAX = 20.0  # |ref_logp - logp| the k3 KL term sees
+
 
 def _masked_mean(x_bt, mask):
     return jnp.where(mask, x_bt, 0.0).sum() / jnp.maximum(mask.sum(), 1)
@@ -114,7 +116,8 @@ def policy_loss(objective, logp, old_logp, advantages, mask, *, kl_coef=0.0, ref
             loss_bt = loss_bt * jnp.minimum(jnp.exp(gap_bt), tis_cap)
             metrics["tis_capped_frac"] = _masked_mean(gap_bt > jnp.log(tis_cap), mask)
     if ref_logp is not None:
-        ref_minus_logp_bt = constant(ref_logp) - logp
+        # Bounded as verl's low_var_kl bounds it: past it exp() overflows float32 (inf loss, NaN update).
+        ref_minus_logp_bt = jnp.clip(constant(ref_logp) - logp, -KL_LOG_RATIO_MAX, KL_LOG_RATIO_MAX)
         kl_bt = jnp.expm1(ref_minus_logp_bt) - ref_minus_logp_bt  # k3: unbiased and >= 0
         loss_bt = loss_bt + kl_coef * kl_bt
         metrics["kl_ref"] = _masked_mean(kl_bt, mask)

@@ -108,3 +108,16 @@ def test_low_precision_logprobs_are_upcast(objective):
     np.testing.assert_allclose(low, ref, rtol=1e-6)
     assert low_metrics["clip_frac_low"] == ref_metrics["clip_frac_low"]
     assert low_metrics["clip_frac_high"] == ref_metrics["clip_frac_high"]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+def test_the_kl_term_stays_finite_far_from_the_reference(objective):
+    """k3 = expm1(ref - logp) - (ref - logp) overflowed float32 at a gap of ~89: an inf loss and gradient."""
+    mask = jnp.ones((1, 2), bool)
+    ref = jnp.full((1, 2), -1.0)
+    for far in (-30.0, -95.0, -jnp.inf):
+        logp = jnp.array([[-0.5, far]], jnp.float32)
+        (value, metrics), grad = jax.value_and_grad(
+            lambda lp: policy_loss(objective, lp, ref, jnp.array([1.0]), mask, kl_coef=0.04, ref_logp=ref),
+            has_aux=True)(logp)
+        assert np.isfinite(value) and np.isfinite(grad).all() and np.isfinite(metrics["kl_ref"]), (far, value, grad)

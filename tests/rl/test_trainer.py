@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+import models
 from rl import packing
 from rl.experiment import ObjectiveSection
-from trainer_setup import assert_trees_close, experiment, initial_params, mesh_2x2x2, samples, single_device_mesh
+from trainer_setup import CFG, assert_trees_close, experiment, initial_params, mesh_2x2x2, samples, single_device_mesh
 from trainer_setup import trainer as make_trainer
 
 OBJECTIVES = {
@@ -152,3 +153,20 @@ def test_pack_shapes_are_bucketed_and_shardable():
             if k:
                 gathered.append(tuple(flat[batch.index[0, m, n, :k]]))
     assert sorted(gathered) == sorted(tuple(s.response) for s in samples(13))
+
+
+def test_logprobs_are_taken_at_the_rollout_temperature():
+    """The trainer took logprobs at temperature 1 whatever rollout.temperature was (DeepCoder samples at
+    0.6): with the very weights that sampled, the train/rollout mismatch read 2.3 and the ratio was that
+    of another policy."""
+    params = initial_params()
+    data = []
+    for s in samples(8, seed=11):  # rollout logprobs exactly as the engine reports them at T = 0.6
+        tokens = np.concatenate([s.prompt, s.response])[None]
+        logp = np.asarray(models.token_logprobs(params, CFG, tokens, temperature=0.6))[0]
+        data.append(packing.Sample(s.prompt, s.response, logp[len(s.prompt) - 1:len(tokens[0]) - 1], s.advantage,
+                                   s.truncated))
+    for temperature, matched in ((0.6, True), (1.0, False)):
+        tr = make_trainer(experiment().replace(rollout=dict(temperature=temperature)), single_device_mesh())
+        _, metrics = tr.update(tr.init_state(initial_params()), tr.pack(data))
+        assert (float(metrics["mismatch_max"]) < 1e-4) is matched, (temperature, metrics["mismatch_max"])
