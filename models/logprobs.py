@@ -40,6 +40,9 @@ def chunked_logprobs(hidden_ND, unembed_VD, targets_N, chunk_size: int = DEFAULT
     if not temperature > 0:
         raise ValueError(f"temperature={temperature}: must be > 0 (greedy rollouts report raw logits: pass 1.0)")
     N, D = hidden_ND.shape
+    if N == 0:  # one-token rows: no position has a next token
+        empty = jnp.zeros((0,), jnp.float32)
+        return (empty, empty) if return_entropy else empty
     keep = N * unembed_VD.shape[0] * 4 <= keep_logp_bytes
     chunk = N if keep else max(1, min(chunk_size, N))
     pad = -N % chunk

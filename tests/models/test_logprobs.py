@@ -115,3 +115,11 @@ def test_chunked_logprobs_memory_is_a_chunk_not_the_logits():
     (full_fwd, full_bwd), (ours_fwd, ours_bwd) = temp_bytes(full), temp_bytes(chunked)
     assert full_fwd >= logits_bytes and full_bwd >= logits_bytes
     assert ours_fwd < logits_bytes / 8 and ours_bwd < logits_bytes / 8, (ours_fwd, ours_bwd)
+
+
+def test_one_token_rows_have_no_logprobs():
+    """No position of a one-token row has a next token: chunking 0 rows divided by zero."""
+    tokens = np.ones((2, 1), np.int32)
+    assert token_logprobs(_params(False), TINY, tokens).shape == (2, 0)
+    logp, entropy = token_logprobs(_params(False), TINY, tokens, return_entropy=True)
+    assert logp.shape == entropy.shape == (2, 0)
