@@ -69,6 +69,7 @@ class Request:
     weight_version: str = ""
     created: float = dataclasses.field(default_factory=time.monotonic)
     aborted: str | None = None  # set by abort(): the message the request finishes with
+    admitted: bool = False  # has been in a decode slot (a retracted request waits again, admitted)
 
     @functools.cached_property
     def stop_tail(self) -> int:
@@ -108,7 +109,7 @@ class Engine:
             if self._closed:
                 raise RuntimeError("the engine is closed")
             for r in requests:
-                r.weight_version = self.weight_version
+                r.weight_version = self.weight_version  # and again when admitted (_admit)
                 if r.params.max_new_tokens <= 0:
                     r.finish = {"type": "length", "length": 0}
                     done.append(r)
@@ -173,9 +174,11 @@ class Engine:
                 self._cond.wait(0.1)
 
     def flush(self) -> bool:
-        """Drop the KV caches; refused (False) while requests are pending, as SGLang's flush_cache."""
+        """Drop the KV caches; refused (False) while requests are pending, as SGLang's flush_cache. While
+        paused, requests that arrived since do not count: SGLang holds them before its scheduler, so a
+        weight sync's flush is not blocked by another client's request."""
         with self._cond:
-            if self._waiting or any(r is not None for r in self._rows):
+            if any(r.admitted or not self._paused for r in self._waiting) or any(r is not None for r in self._rows):
                 return False
             self._caches = None
             return True
@@ -260,6 +263,8 @@ class Engine:
         free = [b for b in range(self.slots) if self._rows[b] is None]
         while self._waiting:
             r = self._waiting.popleft()
+            r.weight_version = self.weight_version  # the weights that generate it (arrived while paused: newer)
+            r.admitted = True
             if r.params.max_new_tokens - len(r.output_ids) <= 1:
                 admitted.append((None, r))
             elif free:

@@ -77,10 +77,29 @@ def test_pause_abort_queues_new_requests_until_continue(served):
     short, short_box = in_background(served, {"input_ids": [7, 8], "sampling_params": {"max_new_tokens": 4}})
     wait_until(lambda: server_state(served)["pending_requests"] == 1)
     time.sleep(0.5)  # a paused server must not run it
-    assert short.is_alive() and served.post("/flush_cache").status_code == 400  # queued, not run
+    assert short.is_alive()  # queued, not run
+    assert served.post("/flush_cache").status_code == 200  # held before the scheduler, as SGLang holds it
     served.post("/continue_generation")
     short.join(60)
     assert short_box["answer"]["meta_info"]["completion_tokens"] >= 1
+
+
+def test_a_request_that_arrives_while_paused_runs_on_and_reports_the_weights_loaded_meanwhile(served, tmp_path):
+    """It was stamped with the version of its arrival, and blocked the sync's flush_cache."""
+    new_dir = tmp_path / "step_9"
+    shutil.copytree(served.model_dir, new_dir)
+    models.save_hf(new_dir, served.cfg, models.init_params(served.cfg, jax.random.key(9), std=0.1))
+    assert served.post("/pause_generation", {"mode": "abort"}).status_code == 200
+    thread, box = in_background(served, {"input_ids": [7, 8], "sampling_params": {"max_new_tokens": 4}})
+    wait_until(lambda: server_state(served)["pending_requests"] == 1)
+    assert served.post("/flush_cache").status_code == 200
+    try:
+        assert served.post("/update_weights_from_disk", {"model_path": str(new_dir), "weight_version": "9"}).json()["success"]
+        served.post("/continue_generation")
+        thread.join(60)
+        assert box["answer"]["meta_info"]["weight_version"] == "9"
+    finally:
+        served.post("/update_weights_from_disk", {"model_path": str(served.model_dir), "weight_version": "default"})
 
 
 @pytest.mark.parametrize("mode", ["in_place", "retract"])
