@@ -165,6 +165,11 @@ async def _run(exp: Experiment, run_dir: Path) -> dict:
                 await client.sync_weights(current, version)
                 _prune_exports(exports, keep=current)
                 row["time/sync"] = time.perf_counter() - t0
+            elif off := await client.servers_off_version(version):
+                # Restarted on other weights: every rollout it drew would be dropped as stale, step after step.
+                say(f"{', '.join(off)} no longer serve{'s' if len(off) == 1 else ''} weight_version {version}: "
+                    f"pushing {current.name} again")
+                await client.sync_weights(current, version)
             if not one_step_off and step < exp.schedule.steps:
                 pending = collect(step, version)
             row["weight_version"] = version

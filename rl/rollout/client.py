@@ -335,6 +335,17 @@ class RolloutClient:
         self.weight_version = version
         return confirmed
 
+    async def servers_off_version(self, version: str | int) -> list[str]:
+        """The sync servers that answer a weight_version other than `version` (one restarted on its
+        original weights, say); a server that does not answer now is not counted."""
+        async def reported(url: str):
+            with suppress(RuntimeError):
+                answer = await self._control_call(url, "get_weight_version", method="GET", timeout=10.0)
+                return str(answer.get("weight_version") if isinstance(answer, dict) else answer)
+            return str(version)
+        answers = await asyncio.gather(*(reported(url) for url in self.sync_urls))
+        return [url for url, v in zip(self.sync_urls, answers) if v != str(version)]
+
     async def _sync_one(self, url: str, path: str, version: str, flush_timeout: float) -> str:
         await self._control_call(url, "pause_generation", {"mode": "abort"})
         try:

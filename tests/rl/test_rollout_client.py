@@ -281,6 +281,19 @@ def test_a_dead_server_exhausts_retries_with_a_clear_error(prompt):
     assert dead in str(error) and "'lost'#0" in str(error)
 
 
+def test_servers_off_the_loop_s_version_are_found_and_silent_ones_are_not_counted(server):
+    """The loop pushes its weights again to a server restarted on others: before, every rollout it drew
+    was dropped as stale, step after step, and the run trained on nothing."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+
+    async def run():
+        async with client(server, sync_urls=[server, dead]) as c:
+            return await c.servers_off_version("default"), await c.servers_off_version(7)
+    assert asyncio.run(run()) == ([], [server])
+
+
 # ---- a real server process killed -9 (the spare) ----
 
 def test_a_server_killed_mid_generation_and_restarted_loses_and_repeats_nothing(spare, prompt):
