@@ -272,6 +272,8 @@ class RolloutClient:
         return server
 
     async def _post_generate(self, server: _Server, body: dict, rid: str | None, n: int) -> list[dict]:
+        if self._http.is_closed:  # httpx would raise a bare RuntimeError
+            raise _Rejected("the client was closed")
         try:
             async with asyncio.timeout(self.timeout):
                 response = await self._http.post(f"{server.url}/generate", json=body)

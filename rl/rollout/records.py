@@ -74,8 +74,9 @@ def finish_type(answer: Mapping[str, Any]) -> str:
     """SGLang's finish_reason.type ("stop", "length" or "abort")."""
     meta = answer.get("meta_info")
     reason = meta.get("finish_reason") if isinstance(meta, Mapping) else None
-    if not isinstance(reason, Mapping) or not isinstance(reason.get("type"), str):
-        raise BadAnswer(f"meta_info.finish_reason must be an object with a 'type', got {reason!r}")
+    if not isinstance(reason, Mapping) or reason.get("type") not in ("stop", "length", "abort"):
+        raise BadAnswer(f"meta_info.finish_reason must be an object with a 'type' of stop, length or abort, "
+                        f"got {reason!r}")
     return reason["type"]
 
 
@@ -98,9 +99,11 @@ def output_tokens(answer: Mapping[str, Any]) -> tuple[list[int], list[float]]:
                         f"{type(triples).__name__}")
     output_ids, logprobs = [], []
     for i, t in enumerate(triples):
+        # A logprob is finite and <= 0 (a little above 0 is float rounding of a near-certain token).
         if not (isinstance(t, (list, tuple)) and len(t) >= 2 and isinstance(t[0], (int, float))
-                and isinstance(t[1], int) and not isinstance(t[1], bool) and math.isfinite(t[0])):
-            raise BadAnswer(f"meta_info.output_token_logprobs[{i}] must be [logprob, token_id, text], got {t!r}")
+                and not isinstance(t[0], bool) and isinstance(t[1], int) and not isinstance(t[1], bool)
+                and math.isfinite(t[0]) and t[0] <= 1e-3):
+            raise BadAnswer(f"meta_info.output_token_logprobs[{i}] must be [logprob <= 0, token_id, text], got {t!r}")
         logprobs.append(float(t[0]))
         output_ids.append(t[1])
     return output_ids, logprobs

@@ -5,6 +5,7 @@ Two server processes: the session's `served` (shared with test_serve_*; never ki
 here) and this module's `spare`, which the fault tests kill -9 and restart and the sync tests re-weight.
 """
 import asyncio
+import re
 import shutil
 import socket
 import time
@@ -172,6 +173,36 @@ def test_an_answer_with_nan_logprobs_is_retried(server, prompt):
         assert proxy.injected("nan") == 1
     assert_exactly_once(samples, requests)
     assert sum(s.attempts - 1 for s in samples) == 1
+
+
+def test_closing_the_client_fails_its_draws_with_a_rollout_error(server, prompt):
+    """A draw running at aclose(), or started after it, failed with httpx's bare RuntimeError."""
+    async def run():
+        c = client(server, retries=2, backoff=0.05)
+        running = asyncio.create_task(c.sample(prompt, FAULT, seed=1, key="closed"))
+        await asyncio.sleep(0.5)
+        await c.aclose()
+        for draw in (running, c.sample(prompt, SAMPLING, seed=2, key="after")):
+            with pytest.raises(RolloutError, match="the client was closed"):
+                await draw
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("meta, field", [
+    ({"output_token_logprobs": [[3.0, 5, None]]}, "output_token_logprobs[0]"),  # a probability above 1
+    ({"output_token_logprobs": [[True, 5, None]]}, "output_token_logprobs[0]"),  # was read as logprob 1.0
+    ({"output_token_logprobs": [[-0.1, 5, None]], "finish_reason": {"type": "eos"}}, "finish_reason"),
+])
+def test_answers_no_sglang_server_gives_are_malformed(meta, field):
+    """They were taken as samples: a positive or boolean logprob, a finish type beyond stop / length / abort."""
+    from rl.rollout.records import BadAnswer, SampleRequest, to_sample
+
+    answer = {"text": "", "meta_info": {"finish_reason": {"type": "length", "length": 1}, **meta}}
+    with pytest.raises(BadAnswer, match=re.escape(field)):
+        to_sample(answer, SampleRequest("k", 0, (1, 2), {}, 0), server="s", latency=0.0, attempts=1)
+    ok = {"text": "", "meta_info": {"finish_reason": {"type": "stop", "matched": 5},
+                                    "output_token_logprobs": [[1e-7, 5, None]]}}  # rounding of a near-certain token
+    assert to_sample(ok, SampleRequest("k", 0, (1, 2), {}, 0), server="s", latency=0.0, attempts=1).output_ids == [5]
 
 
 def test_a_server_that_ignores_n_fails_the_group_at_once(server, prompt):
