@@ -12,8 +12,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("**/*.ipynb"))
 
 
-def execute(name: str, monkeypatch, **env) -> list[dict]:
-    """Run notebooks/NAME headless (raises on the first failing cell); returns every cell output."""
+def execute(name: str, monkeypatch, cwd=REPO, **env) -> list[dict]:
+    """Run notebooks/NAME headless in `cwd` (raises on the first failing cell); returns every cell output."""
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     pythonpath = [str(REPO), os.environ.get("PYTHONPATH")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, pythonpath)))
@@ -21,7 +21,7 @@ def execute(name: str, monkeypatch, **env) -> list[dict]:
         monkeypatch.setenv(key, value)
     notebook = nbformat.read(REPO / "notebooks" / name, as_version=4)
     client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=300,
-                                     resources={"metadata": {"path": str(REPO)}})
+                                     resources={"metadata": {"path": str(cwd)}})
     client.execute()
     return [output for cell in notebook.cells for output in cell.get("outputs", [])]
 
@@ -77,6 +77,19 @@ def test_runs_notebook_plots_runs_side_by_side(tmp_path, monkeypatch):
     assert "name" in shown and "model.path" not in shown  # only what differs
 
 
+def test_runs_notebook_opened_in_its_folder_finds_repository_paths_and_names_missing_ones(tmp_path, monkeypatch):
+    """Jupyter runs a notebook in notebooks/: the default runs/... paths were looked up there, found empty,
+    and left out without a word; a mistyped folder read as a run with no rows yet."""
+    run = tmp_path / "dapo"
+    write_run(run, "tiny_dapo", 2, with_staleness=False)
+    relative = os.path.relpath(run, REPO)  # as runs/tiny_dapo is: relative to the repository
+    outputs = execute("runs.ipynb", monkeypatch, cwd=REPO / "notebooks",
+                      CODERL_RUN_DIRS=os.pathsep.join([relative, str(tmp_path / "missing")]))
+    shown = text(outputs)
+    assert "'dapo': '3 steps, last 2'" in shown and figures(outputs) >= 1
+    assert f"{tmp_path / 'missing'}: no such directory, left out" in shown
+
+
 def regraded(folder, out, solutions):
     """`folder`'s evaluation with the completions of some problems replaced by correct programs, graded for
     real: a second model that solves those problems, for comparisons with flips."""
@@ -122,6 +135,9 @@ def test_evaluation_notebook_compares_evaluations(served, serve_model_dir, tmp_p
     shown = text(outputs)
     assert "solved against base: 2 flipped" in shown and "print(2 * int(input()))" in shown
     assert "accepted" in shown.lower()
+    (base / "samples.jsonl").unlink()  # results.json alone still compares; its completions cannot be shown
+    shown = text(execute("evaluation.ipynb", monkeypatch, CODERL_EVAL_DIRS=os.pathsep.join(map(str, (base, solved)))))
+    assert "solved against base: 2 flipped" in shown and f"(no samples.jsonl in {base})" in shown
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
