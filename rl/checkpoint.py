@@ -167,16 +167,20 @@ def load_params(source, cfg: models.ModelConfig, mesh) -> dict:
     if not directory.is_dir():
         raise FileNotFoundError(f"init_from {source}: neither a Hugging Face folder nor a checkpoint directory")
     manager = ocp.CheckpointManager(directory.absolute(), item_names=("params", "train", "extra"))
+    newest_error = None
     try:
         for step in sorted(manager.all_steps(), reverse=True):
             try:
                 return manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
             except Exception as e:  # noqa: BLE001
+                newest_error = newest_error or f"step {step}: {type(e).__name__}: {str(e)[:300]}"
                 warnings.warn(f"skipping checkpoint {directory / str(step)}: it does not read back "
                               f"({type(e).__name__}: {str(e)[:300]})", stacklevel=2)
     finally:
         manager.close()
-    raise FileNotFoundError(f"init_from {source}: no readable checkpoint in {directory}")
+    # The newest step's error says why, e.g. a model of another shape than the experiment's.
+    raise FileNotFoundError(f"init_from {source}: no readable checkpoint in {directory}"
+                            + (f" (newest {newest_error})" if newest_error else ""))
 
 
 def _check_shapes(source: Path, want: models.ModelConfig, got: models.ModelConfig) -> None:

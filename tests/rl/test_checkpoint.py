@@ -158,6 +158,9 @@ def test_init_from_loads_params_from_checkpoint_or_hf_folder(saved_run, tmp_path
     assert_trees_close(load_params(tmp_path / "hf", CFG, mesh), saved_run["saved"].params, rtol=0, atol=0)
     with pytest.raises(ValueError, match="hidden_size"):
         load_params(tmp_path / "hf", CFG.replace(hidden_size=64), mesh)
+    # From checkpoints, another model's shapes were "no readable checkpoint", the cause only in warnings.
+    with pytest.warns(UserWarning), pytest.raises(FileNotFoundError, match=r"no readable checkpoint .*\(newest step \d+: .*shape"):
+        load_params(run_dir, CFG.replace(num_layers=CFG.num_layers + 1), mesh)
 
 
 def test_export_is_versioned_and_complete(saved_run, tmp_path):
