@@ -166,7 +166,7 @@ def main(argv=None) -> None:
     flops, peak = step_flops(hf_kwargs, B, T + N), matmul_peak(2048, 5, args.threads)
     fastest = max(peak, key=peak.get)
     floor = flops / peak[fastest]
-    print(f"matmul peak float32 2048^3: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak.items()) + " GFLOP/s")
+    print("matmul peak float32 2048^3: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak.items()) + " GFLOP/s")
     print(f"arithmetic per decode step: {flops / 1e9:.2f} GFLOP -> {floor * 1e3:.1f} ms at the {fastest} peak = "
           f"{floor / limit:.2f}x the limit ({'compute' if floor > limit else 'memory'}-bound at batch {B}); "
           f"a step within 2x the limit must run at >= {flops / (2 * limit) / peak[fastest]:.0%} of that peak")
