@@ -342,8 +342,7 @@ class RolloutClient:
         original weights, say); a server that does not answer now is not counted."""
         async def reported(url: str):
             with suppress(RuntimeError):
-                answer = await self._control_call(url, "get_weight_version", method="GET", timeout=10.0)
-                return str(answer.get("weight_version") if isinstance(answer, dict) else answer)
+                return await self._weight_version(url, timeout=10.0)
             return str(version)
         answers = await asyncio.gather(*(reported(url) for url in self.sync_urls))
         return [url for url, v in zip(self.sync_urls, answers) if v != str(version)]
@@ -368,11 +367,14 @@ class RolloutClient:
         if not (isinstance(result, dict) and result.get("success") is True):
             message = result.get("message") if isinstance(result, dict) else result
             raise RuntimeError(f"update_weights_from_disk refused {path}: {message}")
-        answer = await self._control_call(url, "get_weight_version", method="GET")
-        reported = answer.get("weight_version") if isinstance(answer, dict) else answer
-        if str(reported) != version:
+        reported = await self._weight_version(url)
+        if reported != version:
             raise RuntimeError(f"loaded {path} but reports weight_version {reported!r}, not {version!r}")
-        return str(reported)
+        return reported
+
+    async def _weight_version(self, url: str, timeout: float = 60.0) -> str:
+        answer = await self._control_call(url, "get_weight_version", method="GET", timeout=timeout)
+        return str(answer.get("weight_version") if isinstance(answer, dict) else answer)
 
     async def _flush(self, url: str, flush_timeout: float) -> None:
         """flush_cache answers 400 while requests are still pending; retry until they drain."""
