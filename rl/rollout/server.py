@@ -108,12 +108,11 @@ async def read_json(request: HttpRequest) -> Any:
     return body
 
 
-def error_response(status: int, message: str, field: str | None = None) -> Response:
-    # SGLang's error shape, plus OpenAI's keys, so either kind of client finds a message. ASCII JSON:
-    # a message quoting the request can be written whatever it holds.
-    error = {"error": {"message": message, "type": "BadRequestError" if status == 400 else "Error",
-                       "param": field, "code": status}, "object": "error", "message": message}
-    return Response(json.dumps(error), status_code=status, media_type="application/json")
+def error_response(status: int, message: str, field: str | None = None) -> JSONResponse:
+    # SGLang's error shape, plus OpenAI's keys, so either kind of client finds a message.
+    return SGLangJSONResponse({"error": {"message": message, "type": "BadRequestError" if status == 400 else "Error",
+                                         "param": field, "code": status}, "object": "error", "message": message},
+                              status_code=status)
 
 
 def attach(requests: list[Request], stream: bool = False) -> asyncio.Queue:
